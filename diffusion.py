@@ -1,0 +1,212 @@
+"""
+Masked diffusion: the forward (noising) process, the training losses, the sampler, and the
+likelihood estimator. Everything here is model-agnostic: `model(x, attention_mask) -> logits`.
+
+The idea in one picture. A masked diffusion LM learns to undo random masking:
+
+    clean     x0 :  The  cat  sat  on   the  mat
+    t = 0.5   xt :  The  [M]  sat  [M]  the  [M]      each token masked with probability ~t
+    model(xt)    :        cat       on        mat     predict every masked token at once
+
+Training (LLaDA, d1.md "Masked-diffusion losses"): draw t ~ U(0,1) per sequence, mask each token
+with probability p = (1 - eps) t + eps, and minimise the cross-entropy on masked tokens weighted
+by 1/p. This is an upper bound on the negative log-likelihood (the diffusion ELBO).
+
+Sampling (llada.md section 5): start from a fully masked answer and unmask a few tokens per
+step, the ones the model is most confident about, block by block from left to right.
+
+    from diffusion import generate
+    out = generate(model, prompt_ids, steps=64, gen_length=64, block_length=32)   # (B, P + 64)
+"""
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-3  # LLaDA's minimum mask probability: p = (1 - EPS) t + EPS never reaches 0.
+
+
+# -----------------------------------------------------------------------------
+# Forward process and losses
+
+
+def forward_process(x0, mask_id, eps=EPS, generator=None):
+    """Mask each token of each row independently with that row's probability p = (1-eps) t + eps.
+
+    x0: (B, T) clean tokens. Returns xt (B, T), is_masked (B, T) bool, p (B, 1)."""
+    B, T = x0.shape
+    t = torch.rand(B, 1, device=x0.device, generator=generator)  # (B, 1): one noise level per row
+    p = (1 - eps) * t + eps  # (B, 1)
+    is_masked = torch.rand(B, T, device=x0.device, generator=generator) < p  # (B, T)
+    xt = torch.where(is_masked, mask_id, x0)  # (B, T)
+    return xt, is_masked, p
+
+
+def masked_token_ce(logits, targets, is_masked):
+    """Cross-entropy of every masked position, 0 elsewhere. logits (B, T, V) -> (B, T) fp32."""
+    ce = torch.zeros(targets.shape, device=logits.device, dtype=torch.float32)  # (B, T)
+    ce[is_masked] = F.cross_entropy(logits[is_masked].float(), targets[is_masked], reduction="none")
+    return ce
+
+
+def pretrain_loss(model, x0, mask_id, generator=None):
+    """LLaDA pretraining loss: sum over masked tokens of CE / p, divided by B*T (all slots).
+
+    Dividing by every slot, not only the masked ones, is what makes the 1/p weighting an unbiased
+    estimate of the ELBO: in expectation p*T tokens are masked, each weighted by 1/p."""
+    xt, is_masked, p = forward_process(x0, mask_id, generator=generator)
+    logits = model(xt)  # (B, T, V)
+    ce = masked_token_ce(logits, x0, is_masked)  # (B, T)
+    return (ce / p).sum() / x0.numel()
+
+
+def sft_loss(model, x0, prompt_lengths, mask_id, generator=None):
+    """d1/LLaDA SFT loss: as pretraining, but the prompt is never noised, and each row's sum is
+    divided by that row's answer length (response + EOS padding), then averaged over the batch.
+
+    x0: (B, T) = prompt, response, EOS padding; prompt_lengths: (B,) number of prompt tokens.
+        row:  P P P P R R R R E E E E      P prompt (kept clean), R response, E EOS padding
+        mask: . . . . M . M M . M . M      only R and E can be masked; E is in the loss, which is
+                                            how a diffusion model learns where to stop."""
+    B, T = x0.shape
+    positions = torch.arange(T, device=x0.device)  # (T,)
+    is_prompt = positions[None, :] < prompt_lengths[:, None]  # (B, T)
+    xt, is_masked, p = forward_process(x0, mask_id, generator=generator)
+    is_masked = is_masked & ~is_prompt
+    xt = torch.where(is_prompt, x0, xt)  # restore the prompt
+    logits = model(xt)  # (B, T, V)
+    ce = masked_token_ce(logits, x0, is_masked)  # (B, T)
+    answer_lengths = (T - prompt_lengths).clamp(min=1).float()  # (B,)
+    return ((ce / p).sum(dim=1) / answer_lengths).mean()
+
+
+# -----------------------------------------------------------------------------
+# Sampling: LLaDA's semi-autoregressive low-confidence remasking
+
+
+def add_gumbel_noise(logits, temperature, generator=None):
+    """Turn argmax into sampling from softmax(logits / temperature) (the Gumbel-max trick).
+
+    exp(l) / (-log u)^T has the same argmax as l / T - log(-log u), i.e. a Gumbel-max sample.
+    It is computed in float64 because LLaDA's authors found low precision here hurts quality:
+    in bf16/fp32 the noise of near-tied logits is quantised and sampling becomes biased."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, device=logits.device, dtype=torch.float64, generator=generator)
+    return logits.exp() / (-torch.log(u)) ** temperature
+
+
+def commit_plan(n_masked, steps):
+    """How many tokens to unmask at each step of a block: spread n_masked as evenly as possible.
+
+    n_masked: (B,) masked positions per row. Returns (B, steps), rows summing to n_masked.
+    Example: 10 tokens over 4 steps -> [3, 3, 2, 2]."""
+    base = n_masked[:, None] // steps  # (B, 1)
+    extra = n_masked[:, None] % steps  # (B, 1): the first `extra` steps commit one more
+    return base + (torch.arange(steps, device=n_masked.device)[None, :] < extra).long()  # (B, steps)
+
+
+@torch.no_grad()
+def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperature=0.0, cfg_scale=0.0,
+             remasking="low_confidence", mask_id=None, attention_mask=None, generator=None, on_step=None):
+    """LLaDA's sampler. prompt (B, P) of token ids, left-padded if rows differ in length (then pass
+    attention_mask (B, P), 1 = real token). Returns (B, P + gen_length); the prompt is unchanged.
+
+    The answer is cut into blocks filled left to right ("semi-autoregressive"); inside a block the
+    masked positions are filled over steps/num_blocks steps, a planned number per step:
+
+        prompt        | block 0         | block 1         |
+        P P P P P P P | M M M M M M M M | M M M M M M M M |   step 0: predict every [M]
+        P P P P P P P | M a M M b M M M | M M M M M M M M |   commit the k most confident in block 0
+        P P P P P P P | c a d e b f g h | M M M M M M M M |   block 0 done; then block 1 ...
+
+    Committed tokens are never re-masked. Positions right of the current block are predicted
+    (the model sees the whole sequence) but never committed before their block.
+    on_step(x, step): optional callback after each step, e.g. to show the answer filling in."""
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    B, P = prompt.shape
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking={remasking!r}; expected 'low_confidence' or 'random'")
+    steps_per_block = steps // num_blocks
+
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=prompt.device)  # (B, T)
+    x[:, :P] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, torch.ones_like(x[:, P:])], dim=1)  # (B, T)
+    is_prompt = x != mask_id  # (B, T): what classifier-free guidance masks out
+
+    step = 0
+    for block in range(num_blocks):
+        block_end = P + (block + 1) * block_length
+        plan = commit_plan((x[:, block_end - block_length:block_end] == mask_id).sum(1), steps_per_block)
+        for i in range(steps_per_block):
+            is_masked = x == mask_id  # (B, T)
+            logits = _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale)  # (B, T, V)
+            x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, T) proposals
+            if remasking == "low_confidence":
+                probs = F.softmax(logits.float(), dim=-1)  # noise-free confidence
+                confidence = torch.gather(probs, -1, x0[..., None]).squeeze(-1)  # (B, T)
+            else:
+                confidence = torch.rand(x0.shape, device=x.device, generator=generator)  # (B, T)
+            confidence[:, block_end:] = -torch.inf  # nothing right of the block yet
+            confidence = torch.where(is_masked, confidence, -torch.inf)  # committed tokens stay
+            x = torch.where(_top_k_per_row(confidence, plan[:, i]), x0, x)
+            step += 1
+            if on_step is not None:
+                on_step(x, step)
+    return x
+
+
+def _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale):
+    """Model logits, with classifier-free guidance when cfg_scale > 0: run x and a copy whose prompt
+    is fully masked, then logits = uncond + (cfg_scale + 1) (cond - uncond)."""
+    if cfg_scale <= 0:
+        return model(x, attention_mask)
+    unconditional = torch.where(is_prompt, mask_id, x)
+    am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    cond, uncond = model(torch.cat([x, unconditional]), am).chunk(2)
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def _top_k_per_row(scores, k):
+    """Boolean (B, T) selecting the k[b] highest scores of each row b (k varies per row)."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)  # (B, T)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.size(1), device=scores.device).expand_as(order))
+    return rank < k[:, None]
+
+
+# -----------------------------------------------------------------------------
+# Likelihood: Monte Carlo estimate of the ELBO (llada.md section 6)
+
+
+@torch.no_grad()
+def log_likelihood(model, prompt, answer, mc_samples=128, batch_size=16, mask_id=None, generator=None):
+    """Estimate a lower bound on log p(answer | prompt) for one (prompt, answer) pair (1-D tensors).
+
+    Each Monte Carlo sample masks l of the L answer tokens (l stratified over the batch so every
+    noise level is covered) and scores (L / l) * sum of log-probs of the masked tokens. Averaged
+    over samples this estimates the ELBO, used e.g. to rank multiple-choice answers."""
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    if mc_samples % batch_size:
+        raise ValueError(f"mc_samples={mc_samples} must be a multiple of batch_size={batch_size}")
+    P, L = len(prompt), len(answer)
+    seq = torch.cat([prompt, answer])[None].expand(batch_size, -1)  # (b, P + L)
+    total = 0.0
+    for _ in range(mc_samples // batch_size):
+        # Stratified counts: a random offset, then evenly spaced over 1..L (as the reference does).
+        start = torch.randint(1, L + 1, (), generator=generator).item()
+        n_mask = torch.linspace(start, start + (batch_size - 1) * L / batch_size, batch_size).round().long()
+        n_mask = (n_mask - 1) % L + 1  # (b,) in 1..L
+        ranks = torch.rand(batch_size, L, generator=generator).argsort(dim=1)  # random order per row
+        answer_masked = ranks < n_mask[:, None]  # (b, L): exactly n_mask[i] positions in row i
+        is_masked = torch.cat([torch.zeros(batch_size, P, dtype=torch.bool), answer_masked], dim=1)
+        is_masked = is_masked.to(seq.device)
+        logits = model(torch.where(is_masked, mask_id, seq))  # (b, P + L, V)
+        ce = masked_token_ce(logits, seq, is_masked)  # (b, P + L)
+        total += (ce.sum(dim=1) * L / n_mask.to(ce.device)).sum().item()
+    return -total / mc_samples

@@ -1,0 +1,322 @@
+"""
+The LLaDA masked-diffusion transformer, written out in one file.
+
+LLaDA is a Llama-style transformer with two differences that make it a *diffusion* language
+model rather than an autoregressive one:
+  1. attention is bidirectional (no causal mask): every position sees every other position;
+  2. it is trained to fill in [MASK] tokens, and the logit at position i predicts the token AT
+     position i (no shift by one as in GPT).
+Everything else is the familiar recipe: RMSNorm, rotary position embeddings (RoPE), SwiGLU MLP,
+no biases, an untied output head. The parameter names below are the official checkpoint's, so
+the same class runs a 3M-parameter classroom model and the 8B checkpoint (see llada.md).
+
+    from model import Config, Model
+    model = Model(Config.preset("tiny")); model.init_weights()
+    logits = model(input_ids)                      # (B, T, V)
+
+Shape legend used in every file of this project:
+    B batch, T sequence length, P prompt length, C completion length, G group size,
+    V vocabulary (embedding rows), D model width, H heads, Dh head width (D / H), F MLP width.
+
+Module tree (= state_dict keys of the official checkpoint, no renaming):
+    model.transformer.wte                      token embedding (V, D)
+    model.transformer.blocks[i].attn_norm      RMSNorm before attention
+    model.transformer.blocks[i].q_proj/k_proj/v_proj/attn_out
+    model.transformer.blocks[i].ff_norm        RMSNorm before the MLP
+    model.transformer.blocks[i].ff_proj        SwiGLU gate (goes through SiLU)
+    model.transformer.blocks[i].up_proj        SwiGLU linear branch
+    model.transformer.blocks[i].ff_out         MLP down projection
+    model.transformer.ln_f                     final RMSNorm
+    model.transformer.ff_out                   output head (V, D)
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTN_IMPLS = ("eager", "sdpa", "flex")
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    """LLaDA's config.json fields (official names). Defaults are the tiny classroom model."""
+
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4  # LLaDA-8B has no grouped-query attention: n_kv_heads == n_heads
+    mlp_hidden_size: int = 704
+    vocab_size: int = 264  # tiny tokenizer: 256 bytes + 6 special tokens, padded to a multiple of 8
+    embedding_size: int = 264  # rows of wte / ff_out (LLaDA pads 126,349 ids to 126,464 rows)
+    max_sequence_length: int = 256  # LLaDA only sizes caches with it; we refuse longer inputs
+    rope_theta: float = 10000.0  # LLaDA-8B: 500000 (it was trained at 4096 tokens)
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    mask_token_id: int = 258  # <|mdm_mask|>  (LLaDA-8B: 126336)
+    eos_token_id: int = 257  # <|endoftext|> (LLaDA-8B: 126081), also the padding token
+    pad_token_id: int = 257
+    attn_impl: str = "sdpa"  # not a LLaDA field: which attention kernel runs ("eager", "sdpa", "flex")
+
+    # LLaDA fields this implementation supports with one value only. from_pretrained() reads them
+    # from config.json and refuses a checkpoint that needs anything else.
+    FIXED = {
+        "activation_type": "silu", "block_type": "llama", "layer_norm_type": "rms", "rope": True,
+        "alibi": False, "include_bias": False, "include_qkv_bias": False, "weight_tying": False,
+        "scale_logits": False, "input_emb_norm": False, "attention_layer_norm": False,
+        "multi_query_attention": None,
+    }
+
+    PRESETS = {
+        # ~3.5M parameters: trains in minutes on a 2-core CPU (see README for numbers).
+        "tiny": {},
+        # LLaDA-8B-Instruct (llada.md section 1): 8,015,581,184 parameters.
+        "llada-8b": dict(
+            d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288,
+            vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
+            rope_theta=500000.0, mask_token_id=126336, eos_token_id=126081, pad_token_id=126081,
+        ),
+    }
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_kv_heads != self.n_heads:
+            raise ValueError("grouped-query attention (n_kv_heads != n_heads) is not part of LLaDA-8B")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={self.attn_impl!r}; expected one of {ATTN_IMPLS}")
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d, source="config"):
+        """Build from a dict with official field names; unknown LLaDA-only fields are checked."""
+        for key, value in cls.FIXED.items():
+            if key in d and d[key] != value:
+                raise ValueError(f"{source}: {key}={d[key]!r} is not supported (this code implements {value!r})")
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs.setdefault("n_kv_heads", d.get("n_kv_heads") or d.get("n_heads", cls.n_heads))
+        return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Read an official config.json (path: the file, or a directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json at {path}")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self):
+        """config.json contents: our fields plus the fixed LLaDA ones, so LLaDA tooling reads it."""
+        d = {k: v for k, v in asdict(self).items() if k != "attn_impl"}
+        return {**d, **self.FIXED, "model_type": "llada", "architectures": ["LLaDAModelLM"]}
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 and cast back before the weight (as LLaDA does)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+def rope_tables(T, head_dim, theta, device):
+    """cos and sin tables (T, Dh) in fp32 for positions 0..T-1 (half-split layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)  # (T, Dh/2)
+    emb = torch.cat([angles, angles], dim=-1)  # (T, Dh)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x_i, x_{i+Dh/2}) by position-dependent angles. x: (B, H, T, Dh)."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)  # (B, H, T, Dh/2) each
+    rotated = torch.cat([-x2, x1], dim=-1)  # "rotate_half"
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+# -----------------------------------------------------------------------------
+# Attention: three implementations of the same function.
+#
+# All three compute softmax(q k^T / sqrt(Dh)) v with NO causal mask. `key_mask` (B, T) marks real
+# tokens with True; padded KEYS are ignored, while padded QUERY rows are still computed (they
+# attend to the real keys and their outputs are simply never used).
+
+
+def eager_attention(q, k, v, key_mask):
+    """The written-out softmax: the one to read. q, k, v: (B, H, T, Dh) -> (B, H, T, Dh)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1) @ v
+
+
+def sdpa_attention(q, k, v, key_mask):
+    """PyTorch's fused scaled_dot_product_attention (flash / memory-efficient kernels)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T) broadcasts
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+_compiled_flex = None
+
+
+def flex_attention(q, k, v, block_mask):
+    """FlexAttention, compiled (uncompiled it materialises the full score matrix)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        _compiled_flex = torch.compile(flex, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+def make_flex_block_mask(key_mask, n_heads, T, device):
+    """Block mask for FlexAttention, built once per forward and shared by every layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if key_mask is None:
+        return None
+
+    def keep_real_keys(b, h, q_idx, kv_idx):
+        return key_mask[b, kv_idx]
+
+    return create_block_mask(keep_real_keys, B=key_mask.size(0), H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+
+class Block(nn.Module):
+    """One LLaDA layer: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D, F_ = cfg.d_model, cfg.mlp_hidden_size
+        self.n_heads = cfg.n_heads
+        self.attn_norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(D, D, bias=False)
+        self.k_proj = nn.Linear(D, D, bias=False)
+        self.v_proj = nn.Linear(D, D, bias=False)
+        self.attn_out = nn.Linear(D, D, bias=False)
+        self.ff_norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(D, F_, bias=False)  # gate
+        self.up_proj = nn.Linear(D, F_, bias=False)
+        self.ff_out = nn.Linear(F_, D, bias=False)
+
+    def forward(self, x, rope, attend):
+        B, T, D = x.shape
+        h = self.attn_norm(x)
+        q, k, v = (proj(h).view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, Dh)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = attend(q, k, v)  # (B, H, T, Dh)
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, D))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class Model(nn.Module):
+    """LLaDA's masked-diffusion transformer. forward(input_ids, attention_mask) -> logits (B, T, V)."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        cfg = config
+        # Nested containers only to reproduce the official key names "model.transformer.*".
+        self.model = nn.ModuleDict({"transformer": nn.ModuleDict({
+            "wte": nn.Embedding(cfg.embedding_size, cfg.d_model),
+            "blocks": nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
+            "ln_f": RMSNorm(cfg.d_model, cfg.rms_norm_eps),
+            "ff_out": nn.Linear(cfg.d_model, cfg.embedding_size, bias=False),
+        })})
+        # No initialisation here: under torch.device("meta") nothing is allocated, and a
+        # checkpoint load overwrites every tensor anyway. Training from scratch calls init_weights().
+
+    @property
+    def transformer(self):
+        return self.model.transformer
+
+    @torch.no_grad()
+    def init_weights(self, seed=None):
+        """Initialise for training from scratch: normal(0, init_std), norms to one.
+
+        The residual-stream output projections (attn_out, ff_out) are scaled by 1/sqrt(2 n_layers)
+        so the residual variance stays roughly constant with depth (the GPT-2 recipe)."""
+        gen = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                p.fill_(1.0)
+                continue
+            residual_out = ".blocks." in name and name.endswith(("attn_out.weight", "ff_out.weight"))
+            scale = 1 / math.sqrt(2 * self.config.n_layers) if residual_out else 1.0
+            p.copy_(torch.randn(p.shape, generator=gen) * std * scale)
+        return self
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids, attention_mask=None):
+        """input_ids (B, T) of token ids; attention_mask (B, T) with 1 = real token, 0 = padding."""
+        cfg, tr = self.config, self.model.transformer
+        B, T = input_ids.shape
+        if T > cfg.max_sequence_length:
+            raise ValueError(f"input of length {T} exceeds the model's context of {cfg.max_sequence_length} tokens")
+        key_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
+        if key_mask is not None and key_mask.all():
+            key_mask = None  # nothing padded: take the unmasked (fastest) kernels
+        attend = self._attention(key_mask, T, input_ids.device)
+        rope = rope_tables(T, cfg.head_dim, cfg.rope_theta, input_ids.device)  # 2 x (T, Dh)
+
+        x = tr.wte(input_ids)  # (B, T, D); no scaling, no position embedding (RoPE does positions)
+        for block in tr.blocks:
+            x = block(x, rope, attend)
+        return tr.ff_out(tr.ln_f(x))  # (B, T, V): logit i predicts the token AT position i
+
+    def _attention(self, key_mask, T, device):
+        """Pick the attention function once per forward (and, for flex, build its block mask once)."""
+        impl = self.config.attn_impl
+        if impl == "eager":
+            return lambda q, k, v: eager_attention(q, k, v, key_mask)
+        if impl == "sdpa":
+            return lambda q, k, v: sdpa_attention(q, k, v, key_mask)
+        if device.type == "cpu" and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError("attn_impl='flex' has no backward pass on CPU (torch 2.13); "
+                               "train with attn_impl='sdpa', or run flex under torch.no_grad()")
+        block_mask = make_flex_block_mask(key_mask, self.config.n_heads, T, device)
+        return lambda q, k, v: flex_attention(q, k, v, block_mask)

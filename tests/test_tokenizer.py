@@ -1,0 +1,199 @@
+"""Tests for tokenizer.py: a small hand-made LLaDA-style tokenizer.json, ids worked out by hand."""
+import json
+import re
+import unicodedata
+
+import pytest
+
+from tokenizer import (BOS, EOS, EOT, END_HEADER, MASK, START_HEADER, Tokenizer, bytes_to_unicode,
+                       chat_prompt)
+
+# LLaDA's pre-tokenizer regex, copied from docs/llada.md section 4.
+LLADA_REGEX = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"
+               r"|\s*[\r\n]|\s+(?!\S)|\s+")
+
+# Merges in GPT-2 characters ('Ġ' is a space; 'Ã ©' are the bytes C3 A9 of 'é'; 'Î ©' of 'Ω';
+# 'ä ¸ Ń' of '中'). Merge k makes id 256 + k, the way BPE training numbers them.
+MERGES = ["c a", "ca f", "Ã ©", "caf Ã©", "h e", "l l", "he ll", "hell o", "Ġ w", "Î ©", "Ġ Î©",
+          "ä ¸", "ä¸ Ń", "Ġ x", "Ġ Ġ", "1 2"]
+#          256    257     258     259      260    261     262      263      264    265     266
+#          267     268     269    270    271
+# Added tokens after the 272 base ids, in an order unlike the tiny tokenizer's, plus one added token
+# not flagged special and one whose string is not in NFC (it must still match as written).
+ADDED = [(BOS, 272), (EOS, 273), ("<|reserved_token_0|>", 274), (MASK, 275), (START_HEADER, 276),
+         (END_HEADER, 277), (EOT, 278), ("<|e\u0301|>", 279)]
+
+
+def byte_id(b: int) -> int:
+    """The id of byte b in GPT-2 order, written out range by range: printable bytes first
+    ('!'..'~', '¡'..'¬', '®'..'ÿ'), then the other 68 in byte order."""
+    if 33 <= b <= 126: return b - 33           # 0..93
+    if 161 <= b <= 172: return b - 161 + 94     # 94..105
+    if 174 <= b <= 255: return b - 174 + 106    # 106..187
+    if b <= 32: return b + 188                  # 188..220 (space = 220, "\n" = 198)
+    if 127 <= b <= 160: return b - 127 + 221    # 221..254
+    return 255                                  # b == 173, the soft hyphen
+
+
+def B(s: str) -> list[int]:
+    """Byte ids of s when no merge applies."""
+    return [byte_id(b) for b in s.encode()]
+
+
+def llada_like_spec() -> dict:
+    byte_pieces = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    merged = {a + b: 256 + k for k, (a, b) in enumerate(m.split(" ") for m in MERGES)}
+    return {
+        "version": "1.0",
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": not s.startswith("<|reserved")} for s, i in ADDED],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLADA_REGEX}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": {**byte_pieces, **merged}, "merges": list(MERGES)},
+    }
+
+
+def write(tmp_path, spec) -> str:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(spec if isinstance(spec, str) else json.dumps(spec), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tok(tmp_path):
+    return Tokenizer.from_pretrained(write(tmp_path, llada_like_spec()))
+
+
+# -----------------------------------------------------------------------------
+# the byte table and the converted tokenizer
+
+def test_byte_table_is_gpt2_order():
+    table = bytes_to_unicode()
+    assert (table[32], table[10], table[173], table[0xC3]) == ("Ġ", "Ċ", "Ń", "Ã")
+    assert [byte_id(b) for b in table] == list(range(256))  # dict order = GPT-2 id order
+    assert len(set(table.values())) == 256
+    assert (byte_id(ord(" ")), byte_id(ord("\n"))) == (220, 198)  # as in LLaDA
+
+
+def test_special_ids_come_from_the_file(tok):
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id) == (272, 273, 273, 275)
+    assert (tok.start_header_id, tok.end_header_id, tok.eot_id) == (276, 277, 278)
+    assert tok.n_vocab == 280
+
+
+@pytest.mark.parametrize("text, ids", [
+    ("hello world", [263, 264, *B("orld")]),
+    ("café Ω 中文", [259, 266, 220, 268, *B("文")]),   # 文 has no merges: three byte ids
+    ("cafe\u0301 A\u030a", [259, 220, *B("Å")]),      # NFD in, NFC encoded: é merges, Å = C3 85
+    (" \t\n\r  x", [220, 197, 198, 201, 220, 269]),   # " \t\n\r" | " " | " x": "ĠĠ" must not form
+    ("x   ", [87, 270, 220]),                         # "x" | "   ": the leftmost "Ġ Ġ" merges first
+    ("12345", B("12345")),                            # \p{N}: one digit per piece, so "1 2" never merges
+    ("x12", [87, *B("12")]),
+])
+def test_encode_by_hand(tok, text, ids):
+    assert tok.encode(text) == ids
+
+
+def test_special_tokens_inside_text(tok):
+    expected = [272, 276, *B("user"), 277, 198, 198, *B("hi"), 278,
+                276, *B("assistant"), 277, 198, 198]
+    assert tok.encode(chat_prompt("hi")) == expected
+    assert tok.chat("hi") == expected
+    assert tok.encode("a<|mdm_mask|><|mdm_mask|>b") == [*B("a"), 275, 275, *B("b")]
+    assert tok.encode("x<|reserved_token_0|>") == [87, 274]  # added but not flagged special
+    # NFC touches only the text between special tokens: the NFD token string still matches.
+    assert tok.encode("cafe\u0301<|e\u0301|>") == [259, 279]
+
+
+@pytest.mark.parametrize("text", ["hello world", "café Ω 中文", "cafe\u0301 A\u030a", " \t\n\r  x",
+                                  chat_prompt("2+3=? 🙂")])
+def test_round_trip(tok, text):
+    assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFC", text)
+
+
+def test_decode_joins_bytes_before_decoding(tok):
+    ids = B("文")                        # one character split over three tokens
+    assert tok.decode(ids) == "文"
+    assert tok.decode(ids[:1]) == "\ufffd"  # a lone piece of it is not valid UTF-8
+
+
+def test_path_forms_and_merge_formats(tmp_path):
+    spec = llada_like_spec()
+    spec["model"]["merges"] = [m.split(" ") for m in MERGES]          # [a, b] pairs instead of "a b"
+    spec["model"]["vocab"].update({s: i for s, i in ADDED})           # added tokens also in the vocab
+    write(tmp_path, spec)
+    for path in (tmp_path, tmp_path / "tokenizer.json"):              # the folder or the file
+        assert Tokenizer.from_pretrained(path).encode("café Ω<|eot_id|>") == [259, 266, 278]
+
+
+# -----------------------------------------------------------------------------
+# files that cannot be reproduced exactly are refused, naming the file and the entry
+
+def _swap_merge_ids(s):
+    s["model"]["vocab"]["ca"], s["model"]["vocab"]["caf"] = 257, 256
+
+
+def _drop_added(s, content):
+    s["added_tokens"] = [t for t in s["added_tokens"] if t["content"] != content]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_swap_merge_ids, r"merges\[1\] = 'ca f'.*not above"),
+    (lambda s: s["model"]["vocab"].update({"xyz": 300}), r"'xyz' is the result of no merge"),
+    (lambda s: s["model"]["merges"].append("x y"), r"merges\[16\].*'xy' is not in the vocab"),
+    (lambda s: s["model"]["vocab"].pop("Ā"), r"lacks single-byte pieces, first byte 0"),
+    (lambda s: _drop_added(s, MASK), r"'<\|mdm_mask\|>' is missing"),
+    (lambda s: s["model"].update(byte_fallback=True), r"model.byte_fallback"),
+    (lambda s: s["model"].update(type="WordPiece"), r"model.type"),
+    (lambda s: s.update(normalizer={"type": "NFD"}), r"normalizer .* not supported"),
+    (lambda s: s.update(pre_tokenizer={"type": "ByteLevel", "use_regex": True}), r"pre_tokenizer"),
+    (lambda s: s["added_tokens"][0].update(lstrip=True), r"lstrip"),
+])
+def test_malformed_files_are_refused(tmp_path, mutate, message):
+    spec = llada_like_spec()
+    mutate(spec)
+    path = write(tmp_path, spec)
+    with pytest.raises(ValueError, match=message) as err:
+        Tokenizer.from_pretrained(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_json_names_the_file(tmp_path):
+    path = write(tmp_path, '{"model": ')
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": not valid JSON"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+# -----------------------------------------------------------------------------
+# the tiny byte-level tokenizer
+
+def test_tiny_ids():
+    tok = Tokenizer.tiny()
+    assert tok is Tokenizer.tiny()  # cached
+    assert [tok.bos_id, tok.eos_id, tok.mask_id, tok.start_header_id, tok.end_header_id,
+            tok.eot_id] == list(range(256, 262))
+    assert tok.pad_id == tok.eos_id and tok.n_vocab == 262
+
+
+@pytest.mark.parametrize("text", ["hello world", "café Ω 中文 🙂", "  \t\n x"])
+def test_tiny_round_trip(text):
+    tok = Tokenizer.tiny()
+    assert tok.encode(text) == list(text.encode())  # id i = byte i
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_tiny_specials_and_chat():
+    tok = Tokenizer.tiny()
+    assert tok.encode("a<|mdm_mask|>b") == [97, 258, 98]
+    assert tok.encode("cafe\u0301") == list("café".encode())  # NFC
+    ids = tok.chat("What is 2+3?")
+    assert ids == tok.encode(chat_prompt("What is 2+3?"))
+    assert ids[:2] == [tok.bos_id, tok.start_header_id]
+    assert ids[-3:] == [tok.end_header_id, 10, 10]  # "\n\n" after the assistant header
+    assert tok.decode(ids) == chat_prompt("What is 2+3?")

@@ -1,0 +1,259 @@
+"""
+The tokenizer: LLaDA's byte-level BPE run by tiktoken, its special tokens, and its chat template.
+
+    from tokenizer import Tokenizer, chat_prompt
+    tok = Tokenizer.tiny()                          # 256 bytes + LLaDA's 6 special tokens (the tiny model)
+    tok = Tokenizer.from_pretrained("LLaDA-8B-Instruct")  # a folder holding the official tokenizer.json
+    ids = tok.chat("What is 2+3?")                  # == tok.encode(chat_prompt("What is 2+3?"))
+    print(tok.decode(ids), tok.mask_id, tok.n_vocab)
+
+One class, two sources of ranks:
+1. Tokenizer.tiny(): one token per byte (id i = byte i, no merges) and the special tokens at 256..261,
+   so n_vocab = 262. The tiny model trains from scratch, so it needs no learned vocabulary.
+2. Tokenizer.from_pretrained(path): converts Hugging Face's tokenizer.json (the `tokenizers` format) into
+   a tiktoken Encoding, so neither `tokenizers` nor `transformers` is needed. It refuses, with a
+   ValueError naming the file and the offending entry, any file it cannot reproduce exactly.
+
+Both behave like LLaDA's tokenizer with add_special_tokens off: no BOS is added (the chat template has
+one), special-token strings inside the text become their ids, and NFC is applied to the rest.
+"""
+import functools
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import tiktoken
+
+# LLaDA's special tokens (docs: llada.md section 4). The tiny tokenizer gives them ids 256..261 in this
+# order; from_pretrained takes their ids from the file's added tokens, never from here.
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"  # also the padding token: answers are padded with EOS up to the generation length
+MASK = "<|mdm_mask|>"  # the [M] of masked diffusion
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOT = "<|eot_id|>"  # ends a chat turn
+SPECIAL_TOKENS = (BOS, EOS, MASK, START_HEADER, END_HEADER, EOT)
+
+
+def chat_prompt(message: str) -> str:
+    """LLaDA's (Llama-3-style) chat template for one user turn, ready for the assistant's answer."""
+    return (f"{BOS}{START_HEADER}user{END_HEADER}\n\n{message}{EOT}"
+            f"{START_HEADER}assistant{END_HEADER}\n\n")
+
+
+class Tokenizer:
+    def __init__(self, encoding: tiktoken.Encoding, special_tokens: dict[str, int],
+                 normalize: bool = True, source: str = "tokenizer"):
+        self.encoding = encoding  # runs the BPE on ordinary text; knows the special ids for decoding
+        self.special_tokens = dict(special_tokens)  # string -> id
+        self.normalize = normalize  # apply NFC to ordinary text (LLaDA's normaliser)
+        self.n_vocab = encoding.n_vocab  # largest id + 1
+        for s in SPECIAL_TOKENS:
+            if s not in self.special_tokens:
+                raise ValueError(f"{source}: special token {s!r} is missing from the added tokens")
+        self.bos_id, self.eos_id, self.mask_id = (self.special_tokens[s] for s in (BOS, EOS, MASK))
+        self.pad_id = self.eos_id
+        self.eot_id = self.special_tokens[EOT]
+        self.start_header_id = self.special_tokens[START_HEADER]
+        self.end_header_id = self.special_tokens[END_HEADER]
+        # One regex matching any special-token string. Python tries alternatives left to right, so
+        # listing the longest first gives the leftmost-longest match, as Hugging Face does. The
+        # capturing group makes re.split keep the matches: [text, special, text, special, ..., text].
+        alternatives = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+
+    @staticmethod
+    @functools.cache  # built once per process; tiny() always returns this same object
+    def tiny() -> "Tokenizer":
+        ranks = {bytes([i]): i for i in range(256)}
+        specials = {s: 256 + i for i, s in enumerate(SPECIAL_TOKENS)}
+        # With no merges every byte stays its own token, so the pre-tokenizer regex cannot change the
+        # ids; it only cuts the text into pieces. Whitespace runs and non-space runs is the simplest cut.
+        encoding = tiktoken.Encoding("nano-d1-bytes", pat_str=r"\s+|\S+",
+                                     mergeable_ranks=ranks, special_tokens=specials)
+        return Tokenizer(encoding, specials, source="Tokenizer.tiny()")
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Tokenizer":
+        """path: a folder holding tokenizer.json, or the file itself. Other files in the folder
+        (tokenizer_config.json, ...) are not read: every fact needed is in tokenizer.json."""
+        file = Path(path)
+        if file.is_dir():
+            file = file / "tokenizer.json"
+        spec = _read_json(file)
+        specials = _added_tokens(spec, file)
+        vocab = _base_vocab(spec, specials, file)
+        _check_merges(spec["model"].get("merges", []), vocab, file)
+        encoding = tiktoken.Encoding(file.parent.name or "tokenizer", pat_str=_pattern(spec, file),
+                                     mergeable_ranks=_byte_ranks(vocab, file), special_tokens=specials)
+        return cls(encoding, specials, normalize=_uses_nfc(spec, file), source=str(file))
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids. No BOS is added. Special-token strings in the text become their ids.
+
+        We cut the text at the special tokens ourselves instead of using tiktoken's allowed_special,
+        because NFC must touch only the ordinary text between them (as in Hugging Face, which also
+        splits out added tokens before normalising and pre-tokenizing).
+        """
+        ids = []
+        for i, part in enumerate(self._special_re.split(text)):
+            if i % 2 == 1:  # odd positions are the captured special tokens
+                ids.append(self.special_tokens[part])
+            elif part:
+                if self.normalize:
+                    part = unicodedata.normalize("NFC", part)
+                ids.extend(self.encoding.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids) -> str:
+        """Ids (a list, or a 1-D tensor) -> text. The bytes of all tokens are joined first and decoded
+        once: a character split across tokens (most CJK ones, byte by byte in the tiny tokenizer)
+        would come out as replacement characters if each token were decoded on its own."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return self.encoding.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def chat(self, message: str) -> list[int]:
+        """The ids of chat_prompt(message): what the model sees before it writes its answer."""
+        return self.encode(chat_prompt(message))
+
+
+# -----------------------------------------------------------------------------
+# Reading Hugging Face's tokenizer.json
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> character table used by byte-level BPE files.
+
+    BPE files store tokens as text, so every byte needs a visible character. The 188 printable bytes
+    ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68 (control bytes, space, ...) get
+    chr(256), chr(257), ... in byte order, so space (32) is 'Ġ' = chr(288) and "\\n" is 'Ċ'. The dict's
+    order (printable first, then the rest) is "GPT-2 order": LLaDA's ids 0..255 follow it, which is
+    why space is id 220 and "\\n" id 198.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    others = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return table
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: no such file (expected a Hugging Face tokenizer.json)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
+def _added_tokens(spec: dict, file: Path) -> dict[str, int]:
+    """added_tokens -> {string: id}. All of them are encoded as special tokens. LLaDA marks all 269 as
+    special; an added token without the flag would still be cut out of the text before the BPE runs
+    (that is what Hugging Face does with any added token), so treating it as special is exact."""
+    specials = {}
+    for t in spec.get("added_tokens", []):
+        for flag in ("lstrip", "rstrip", "single_word"):  # these change how the token matches text
+            if t.get(flag):
+                raise ValueError(f"{file}: added token {t['content']!r} has {flag}=true (not supported)")
+        specials[t["content"]] = t["id"]
+    return specials
+
+
+def _uses_nfc(spec: dict, file: Path) -> bool:
+    """True for an NFC normaliser, False for none; anything else cannot be reproduced here."""
+    norm = spec.get("normalizer")
+    parts = norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm]
+    kinds = {p["type"] for p in parts if p is not None}
+    if not kinds <= {"NFC"}:
+        raise ValueError(f"{file}: normalizer {norm!r} is not supported (only NFC or none)")
+    return bool(kinds)
+
+
+def _pattern(spec: dict, file: Path) -> str:
+    """The pre-tokenizer regex. LLaDA's pre-tokenizer, the only one supported, is
+    Sequence[Split(Regex, behavior Isolated), ByteLevel(use_regex false, add_prefix_space false)]:
+    cut the text on the regex, keep every match as its own piece, then map bytes to characters.
+    That is exactly what tiktoken does with pat_str, so the regex is passed on unchanged."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    types = [s.get("type") for s in steps]
+    if types == ["Split", "ByteLevel"]:
+        split, byte_level = steps
+        if ("Regex" in split.get("pattern", {}) and split.get("behavior") == "Isolated"
+                and not split.get("invert") and not byte_level.get("use_regex")
+                and not byte_level.get("add_prefix_space")):
+            return split["pattern"]["Regex"]
+    raise ValueError(f"{file}: pre_tokenizer {pre!r} is not supported (need Sequence[Split(Regex, "
+                     "Isolated), ByteLevel(use_regex=false, add_prefix_space=false)])")
+
+
+def _base_vocab(spec: dict, specials: dict[str, int], file: Path) -> dict[str, int]:
+    """model.vocab without the added tokens (some files list them in both places), after checking
+    that the model is a plain byte-level BPE."""
+    model = spec.get("model", {})
+    unsupported = {"type": model.get("type") != "BPE", "byte_fallback": model.get("byte_fallback"),
+                   "dropout": model.get("dropout"), "end_of_word_suffix": model.get("end_of_word_suffix"),
+                   "continuing_subword_prefix": model.get("continuing_subword_prefix")}
+    for key, bad in unsupported.items():
+        if bad:
+            raise ValueError(f"{file}: model.{key} = {model.get(key)!r} is not supported "
+                             "(need a byte-level BPE: type BPE, byte_fallback false)")
+    vocab, added_ids = {}, set(specials.values())
+    for piece, i in model.get("vocab", {}).items():
+        if piece in specials and specials[piece] != i:
+            raise ValueError(f"{file}: {piece!r} has id {i} in the vocab "
+                             f"but {specials[piece]} in added_tokens")
+        if piece not in specials:
+            if i in added_ids:
+                raise ValueError(f"{file}: vocab piece {piece!r} has id {i}, which is an added token's id")
+            vocab[piece] = i
+    return vocab
+
+
+def _check_merges(merges: list, vocab: dict[str, int], file: Path) -> None:
+    """Check that tiktoken's BPE gives the same ids as Hugging Face's on this file.
+
+    The two pick the next merge differently. Hugging Face merges the adjacent pair that comes first in
+    the "merges" list; tiktoken merges the adjacent pair whose joined bytes have the lowest id, and any
+    pair whose joined bytes are in the vocab may merge. They agree when (1) the merged piece's id grows
+    with the merge's position in the list, so "lowest id" means "first in the list", and (2) every
+    multi-byte piece is the result of a listed merge, so no unlisted piece can appear. Trained BPE
+    files meet both (a merge's result gets the next free id); a hand-edited file may not.
+    """
+    produced, last_id = set(), -1
+    for i, merge in enumerate(merges):
+        where = f"{file}: merges[{i}] = {merge!r}"
+        pair = merge.split(" ") if isinstance(merge, str) else list(merge)  # "a b" or ["a", "b"]
+        if len(pair) != 2:
+            raise ValueError(f"{where}: a merge must be two pieces")
+        a, b = pair
+        for piece in (a, b, a + b):
+            if piece not in vocab:
+                raise ValueError(f"{where}: {piece!r} is not in the vocab")
+        if vocab[a + b] <= last_id:
+            raise ValueError(f"{where}: the merged piece {a + b!r} has id {vocab[a + b]}, not above the "
+                             f"previous merge's {last_id}; tiktoken would merge in a different order")
+        produced.add(a + b)
+        last_id = vocab[a + b]
+    for piece in vocab:
+        if len(piece) > 1 and piece not in produced:
+            raise ValueError(f"{file}: vocab piece {piece!r} is the result of no merge; "
+                             "tiktoken could produce it where Hugging Face would not")
+
+
+def _byte_ranks(vocab: dict[str, int], file: Path) -> dict[bytes, int]:
+    """Vocab pieces (GPT-2 characters) -> their bytes: tiktoken's mergeable ranks."""
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {}
+    for piece, i in vocab.items():
+        if any(c not in to_byte for c in piece):
+            raise ValueError(f"{file}: vocab piece {piece!r} has a character outside the byte-level alphabet")
+        ranks[bytes(to_byte[c] for c in piece)] = i
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(f"{file}: the vocab lacks single-byte pieces, first byte {missing[0]} "
+                         f"({bytes_to_unicode()[missing[0]]!r}); without them some text cannot be encoded")
+    if len(set(ranks.values())) != len(ranks):
+        raise ValueError(f"{file}: two vocab pieces share an id")
+    return ranks
