@@ -1,0 +1,77 @@
+"""lora.py: zero-init adapters are a no-op, merge is exact, only adapters train, switching off restores."""
+import pytest
+import torch
+
+from lora import LoRALinear, adapters_off, add_lora, lora_layers, merge_lora
+from model import Config, Model
+
+
+def small_model():
+    cfg = Config(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=48, vocab_size=40,
+                 embedding_size=40, max_sequence_length=32, mask_token_id=39)
+    return Model(cfg).init_weights(seed=0).eval()
+
+
+def randomise_adapters(model):
+    with torch.no_grad():
+        for layer in lora_layers(model):
+            layer.lora_B.normal_(0, 0.1)
+
+
+def test_zero_initialised_adapters_leave_outputs_unchanged():
+    model = small_model()
+    ids = torch.randint(0, 40, (2, 9))
+    before = model(ids)
+    add_lora(model, r=4, alpha=8)
+    torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
+
+
+def test_only_adapter_parameters_require_grad_and_keys_stay_official():
+    model = add_lora(small_model(), targets=("q_proj", "v_proj"), r=4, alpha=8)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"model.transformer.blocks.{i}.{m}.lora_{ab}" for i in range(2)
+                         for m in ("q_proj", "v_proj") for ab in "AB"}
+    keys = set(model.state_dict())
+    assert "model.transformer.blocks.0.q_proj.weight" in keys  # the official key is untouched
+    loss = model(torch.randint(0, 40, (2, 5))).sum()
+    loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_switching_adapters_off_restores_base_outputs_exactly():
+    model = small_model()
+    ids = torch.randint(0, 40, (2, 9))
+    base = model(ids)
+    add_lora(model, r=4, alpha=8)
+    randomise_adapters(model)
+    adapted = model(ids)
+    assert not torch.allclose(adapted, base)
+    with adapters_off(model):
+        torch.testing.assert_close(model(ids), base, rtol=0, atol=0)
+    torch.testing.assert_close(model(ids), adapted, rtol=0, atol=0)  # back on afterwards
+
+
+def test_merged_equals_unmerged():
+    model = add_lora(small_model(), r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "attn_out",
+                                                           "ff_proj", "up_proj", "ff_out"))
+    randomise_adapters(model)
+    ids = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        unmerged = model(ids)
+        merge_lora(model)
+        merged = model(ids)
+    assert not lora_layers(model)
+    assert set(model.state_dict()) == set(small_model().state_dict())  # plain official keys again
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        add_lora(small_model(), targets=("o_proj",))
+
+
+def test_dropout_only_touches_the_adapter_branch():
+    layer = torch.nn.Linear(8, 8, bias=False)
+    lora = LoRALinear(layer, r=2, alpha=4, dropout=0.5).train()
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(lora(x), layer(x))  # B = 0: dropout cannot change anything yet
