@@ -3,7 +3,7 @@ Measure this device: matmul peak, training and forward throughput of the tiny mo
 speed, and the three attention implementations side by side. Prints tables (markdown).
 
     python bench.py                     # auto device; ~2 minutes on a 2-core CPU
-    python bench.py --device=cuda --model=llada-8b-shaped    # GPU: add an 8B-shaped forward
+    python bench.py --model=llada-8b    # GPU: random-weight 8B forward and sampler speed (bf16)
 
 Training FLOPs are counted the usual way: 6 x (non-embedding parameters) per token for the
 matmuls (forward 2, backward 4), plus 12 x n_layers x T x D per token for attention scores and
@@ -117,6 +117,29 @@ def bench_attention(device, B, H, T, Dh, backward, dtype):
     return {k: (None if s is None else flops / s) for k, s in results.items()}
 
 
+@torch.no_grad()
+def bench_large(cfg, device):
+    """A big preset (llada-8b) with random bf16 weights: forward and sampler speed only (no room
+    for an optimizer). Built on the meta device, then materialised straight on the GPU."""
+    with torch.device("meta"):
+        model = Model(cfg)
+    model = model.to_empty(device=device).to(torch.bfloat16).init_weights(seed=0).eval()
+    print(f"\n| {cfg.n_layers}-layer d={cfg.d_model} model, bf16 weights | ms | tokens/s | TFLOP/s |\n|---|---|---|---|")
+    for impl in ("sdpa", "flex"):
+        model.config.attn_impl = impl
+        for B, T in ((1, 356), (1, 612), (8, 612)):
+            x = torch.randint(0, 1000, (B, T), device=device)
+            seconds = timed(lambda: model(x), device, min_seconds=2.0)
+            flops = B * T * train_flops_per_token(cfg, T) / 3  # forward = a third of training
+            print(f"| forward {impl} {B} x {T} | {seconds * 1e3:.1f} | {B * T / seconds:,.0f} | {flops / seconds / 1e12:.0f} |")
+    model.config.attn_impl = "sdpa"
+    for B, steps in ((1, 256), (1, 64), (8, 64)):
+        prompt = torch.randint(0, 1000, (B, 100), device=device)
+        seconds = timed(lambda: generate(model, prompt, steps=steps, gen_length=256, block_length=32), device,
+                        min_seconds=1.0, warmup=1)
+        print(f"| sampler batch {B}, gen 256, {steps} steps | {seconds * 1e3:.0f} | {B * 256 / seconds:,.0f} | |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -127,6 +150,9 @@ def main():
     device = pick_device(args.device)
     torch.manual_seed(0)
     cfg = Config.preset(args.model)
+    if args.model != "tiny":
+        print(f"device: {device}; torch {torch.__version__}; model {args.model}")
+        return bench_large(cfg, device)
     B, T = args.batch_size, args.seq_len
     print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"model: {args.model}, {Model(cfg).num_params() / 1e6:.2f}M params, batch {B} x {T} tokens\n")

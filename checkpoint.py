@@ -1,24 +1,43 @@
 """
-Project checkpoints: one `.pt` file per run, written atomically, read back with clear errors.
+Model files, in two formats, written atomically and read back with clear errors.
+
+1. Project checkpoints: one `.pt` file per run (the training scripts write and resume these).
 
     from checkpoint import save_checkpoint, load_checkpoint, load_model
     save_checkpoint({"model": model.state_dict(), "config": ..., ...}, "out/ckpt.pt")
     model, ckpt = load_model("checkpoints/tiny-sft.pt")
 
-A checkpoint is a plain dict:
+   A checkpoint is a plain dict:
     model       state_dict with the official LLaDA key names (model.transformer.*)
     config      the model Config as a dict (official field names)
     stage       "pretrain" | "sft" | "grpo"; train_config: the stage's resolved config
     step, optimizer, rng       for --resume (absent from the slim checkpoints shipped in checkpoints/)
+
+2. Hugging Face-format directories, the layout of the official LLaDA-8B-Instruct (llada.md section 2):
+   config.json, and model.safetensors or shards listed in model.safetensors.index.json.
+
+    from model import Model
+    model = Model.from_pretrained("LLaDA-8B-Instruct", device="cuda")   # keeps the file's bf16
+    model.save_pretrained("out/tiny-hf")                                # config.json + model.safetensors
+    model, tok = load_any(path)          # either format, with its tokenizer (sample.py uses this)
+
+   Loading never holds two copies of the weights: the model is built on the meta device (no memory),
+   then each tensor is read from its shard, moved to the target device and dtype, and put in place.
+   `python checkpoint.py --measure-memory` measures the peak host memory this takes.
+   safetensors is needed only for this format (pip install safetensors).
 """
 
+import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from model import Config, Model
+from tokenizer import Tokenizer
 
 
 class CheckpointError(ValueError):
@@ -29,9 +48,14 @@ def save_checkpoint(obj, path):
     """torch.save to a temporary file, then rename: a crash mid-write never destroys the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _write_atomic(path, write):
+    """write(tmp_path), then rename tmp_path to path: atomic on POSIX and Windows."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -63,20 +87,301 @@ def check_state_dict(model, state_dict, source):
         raise CheckpointError(f"{source} does not fit this model config: " + "; ".join(problems))
 
 
-def load_model(path, device="cpu", expect_config=None, **config_overrides):
-    """Build the model a checkpoint describes and load its weights. Returns (model, checkpoint).
+def check_same_config(saved, config, source):
+    """Refuse a checkpoint whose model config (a dict) differs from `config`, naming the fields."""
+    diffs = [f"{k}={v} (expected {getattr(config, k, None)})" for k, v in saved.items()
+             if k != "attn_impl" and getattr(config, k, None) != v]
+    if diffs:
+        raise CheckpointError(f"{source} is for a different model config: {', '.join(diffs)}")
 
-    expect_config: a Config the caller needs (e.g. the one a run was started with); a checkpoint
-    with other sizes is refused with the fields that differ."""
+
+def load_model(path, device="cpu", **config_overrides):
+    """Build the model a checkpoint describes and load its weights. Returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)
-    config = Config(**{**ckpt["config"], **config_overrides})
-    if expect_config is not None:
-        diffs = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items()
-                 if k != "attn_impl" and getattr(expect_config, k) != v}
-        if diffs:
-            raise CheckpointError(f"checkpoint {path} is for a different model config: "
-                                  + ", ".join(f"{k}={a} (expected {b})" for k, (a, b) in diffs.items()))
+    try:
+        config = Config(**{**ckpt["config"], **config_overrides})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {e}") from None
     model = Model(config)
     check_state_dict(model, ckpt["model"], f"checkpoint {path}")
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face format: config.json + model.safetensors, or shards + model.safetensors.index.json
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # {"weight_map": {key: shard file name}, "metadata": ...}
+# safetensors' dtype names -> torch. Float weights only: an int8 or fp8 file is a quantised checkpoint,
+# whose scales this model has no place for.
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _safetensors():
+    """The safetensors package, imported here only, so the rest of the project runs without it."""
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError:
+        raise ImportError("Hugging Face-format checkpoints need the safetensors package: "
+                          "pip install safetensors") from None
+    return safetensors
+
+
+def load_pretrained(path, device="cpu", dtype=None, **config_overrides):
+    """Load a Hugging Face-format LLaDA directory. Returns a Model on `device`.
+
+    dtype: None keeps the file's dtype (bf16 for LLaDA-8B); torch.float32 / bfloat16 / float16, or
+    their names, convert each tensor as it is loaded. config_overrides: e.g. attn_impl="eager".
+    Every name, shape and dtype is checked from the file headers before any weight is read, so a
+    bad checkpoint fails in a second, not after reading 16 GB."""
+    directory = Path(path)
+    dtype = _as_dtype(dtype)
+    config = _read_config(directory, config_overrides)
+    with torch.device("meta"):  # shapes only, no memory: the real tensors arrive one at a time below
+        model = Model(config)
+    headers = _read_headers(directory)  # key -> (file, shape, safetensors dtype name)
+    check_state_dict(model, {k: torch.empty(shape, device="meta") for k, (_, shape, _) in headers.items()},
+                     f"checkpoint {directory}")
+    _check_dtypes(headers, dtype, directory)
+
+    for file in sorted({file for file, _, _ in headers.values()}):
+        with _open_shard(file) as f:
+            for key in f.keys():
+                # One tensor at a time. On the CPU, in the file's dtype, get_tensor is a copy-on-write
+                # view of the memory-mapped file: pages are read on first use, never copied. Moving
+                # before converting keeps a float32 copy of bf16 weights off the host for a GPU.
+                tensor = f.get_tensor(key).to(device)
+                tensor = tensor if dtype is None else tensor.to(dtype)
+                # assign=True swaps the meta tensor for this one (copying into a meta tensor would do
+                # nothing), keeping requires_grad as it was.
+                model.load_state_dict({key: tensor}, strict=False, assign=True)
+
+    # check_state_dict has matched every key, so this only fires if the model gains a tensor that no
+    # checkpoint holds (a buffer, say): better an error now than "meta tensor" deep in a forward pass.
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"checkpoint {directory} left {len(left)} tensors unloaded, e.g. {left[0]}")
+    return model
+
+
+def _as_dtype(dtype):
+    """None, a float torch.dtype, or its name ("bfloat16") -> None or the torch.dtype."""
+    if dtype is None or dtype in FLOAT_DTYPES.values():
+        return dtype
+    named = {str(t).removeprefix("torch."): t for t in FLOAT_DTYPES.values()}
+    if dtype in named:
+        return named[dtype]
+    raise ValueError(f"dtype={dtype!r}; expected None (keep the file's) or one of {sorted(named)}")
+
+
+def _read_config(directory, overrides):
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory (expected a Hugging Face-format LLaDA "
+                              "folder: config.json and model.safetensors or its shards)")
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} has no config.json; is it a Hugging Face-format LLaDA folder?")
+    config = Config.from_pretrained(directory)
+    return Config(**{**asdict(config), **overrides})
+
+
+def _shard_list(directory):
+    """{shard path: the keys the index maps to it}; for a single model.safetensors, {path: None}."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = {}
+            for key, name in weight_map.items():
+                shards.setdefault(directory / name, set()).add(key)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a valid index (need a 'weight_map' of tensor name -> "
+                                  f"shard file): {type(e).__name__}: {e}") from None
+        return shards
+    if (directory / SINGLE_FILE).is_file():
+        return {directory / SINGLE_FILE: None}
+    raise CheckpointError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+@contextmanager
+def _open_shard(file):
+    """safe_open(file), turning safetensors' errors (bad header, truncated data) into one
+    CheckpointError that names the file instead of a Rust error message."""
+    st = _safetensors()
+    try:
+        handle = st.safe_open(file, framework="pt")
+    except st.SafetensorError as e:
+        raise CheckpointError(f"{file} is corrupt or truncated and cannot be read ({e})") from None
+    with handle as f:
+        yield f
+
+
+def _read_headers(directory):
+    """Names, shapes and dtypes of every tensor, from the headers alone: {key: (file, shape, dtype)}.
+    With an index, each shard must hold exactly the keys the index maps to it."""
+    headers = {}
+    for file, mapped in _shard_list(directory).items():
+        if not file.is_file():
+            raise CheckpointError(f"shard {file.name} is missing from {directory} ({INDEX_FILE} maps "
+                                  f"{len(mapped)} tensors to it, e.g. {min(mapped)})")
+        with _open_shard(file) as f:
+            keys = set(f.keys())
+            if mapped is not None and keys != mapped:
+                wrong = ([f"{k} is mapped to it but not in it" for k in sorted(mapped - keys)[:3]]
+                         + [f"{k} is in it but mapped elsewhere" for k in sorted(keys - mapped)[:3]])
+                raise CheckpointError(f"{directory / INDEX_FILE} does not match shard {file.name}: "
+                                      + "; ".join(wrong))
+            for key in keys:
+                if key in headers:
+                    raise CheckpointError(f"{key} is stored twice: in {headers[key][0].name} and {file.name}")
+                info = f.get_slice(key)
+                headers[key] = (file, tuple(info.get_shape()), info.get_dtype())
+    return headers
+
+
+def _check_dtypes(headers, dtype, directory):
+    for key, (file, _, name) in headers.items():
+        if name not in FLOAT_DTYPES:
+            raise CheckpointError(f"{file}: tensor {key} has dtype {name}; only {', '.join(FLOAT_DTYPES)} "
+                                  "weights are supported (quantised checkpoints are not)")
+    found = sorted({name for _, _, name in headers.values()})
+    if dtype is None and len(found) > 1:
+        raise CheckpointError(f"checkpoint {directory} mixes dtypes {found}; pass dtype= to load it as one")
+
+
+def save_pretrained(model, directory, max_shard_size=5 * 10**9):
+    """Write `model` as a Hugging Face-format directory: config.json (official field names) and
+    model.safetensors, or, past max_shard_size bytes, shards model-0000i-of-0000n.safetensors listed
+    in model.safetensors.index.json. Tensors keep the model's dtype. Files of an earlier save to the
+    same directory that this save does not rewrite are removed (a stale index would be read first)."""
+    save_file = _safetensors().torch.save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = _weight_files(directory)
+    state = model.state_dict()
+    groups = _plan_shards(state, max_shard_size)
+    names = ([SINGLE_FILE] if len(groups) == 1 else
+             [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
+
+    for name, keys in zip(names, groups):
+        # One shard in host memory at a time; safetensors wants contiguous CPU tensors.
+        shard = {k: state[k].detach().to("cpu").contiguous() for k in keys}
+        _write_atomic(directory / name, lambda tmp: save_file(shard, tmp, metadata={"format": "pt"}))
+    written = {directory / name for name in names}
+    if len(names) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": {k: name for name, keys in zip(names, groups) for k in keys}}
+        _write_json(directory / INDEX_FILE, index)
+        written.add(directory / INDEX_FILE)
+    dtype = next(iter(state.values())).dtype
+    config = {**model.config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")}
+    _write_json(directory / "config.json", config)
+    for stale in previous - written:
+        stale.unlink()
+
+
+def _plan_shards(state, max_bytes):
+    """Cut the keys, in order, into groups of at most max_bytes (a bigger tensor gets its own)."""
+    groups, size = [[]], 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += nbytes
+    return groups
+
+
+def _weight_files(directory):
+    """The weight files (and index) already in a directory."""
+    files = {directory / SINGLE_FILE, directory / INDEX_FILE}
+    if (directory / INDEX_FILE).is_file():
+        try:
+            files |= set(_shard_list(directory))
+        except CheckpointError:
+            pass  # an unreadable old index: its shards cannot be known, leave them
+    return {f for f in files if f.is_file()}
+
+
+def _write_json(path, obj):
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def load_any(path, device="cpu", dtype=None):
+    """Open a model and its tokenizer from either format. Returns (model, tokenizer).
+
+    A directory is Hugging Face format, with its tokenizer.json; a folder written by save_pretrained
+    from the tiny model has none, and gets the tiny byte tokenizer. A file is a project .pt
+    checkpoint (the tiny tokenizer). Either way the tokenizer's mask and EOS ids must be the config's:
+    a wrong pairing would otherwise sample garbage without any error."""
+    path = Path(path)
+    if path.is_dir():
+        model = load_pretrained(path, device, dtype)
+        has_json = (path / "tokenizer.json").is_file()
+        tok = Tokenizer.from_pretrained(path) if has_json else Tokenizer.tiny()
+    else:
+        model, _ = load_model(path, device)
+        if dtype is not None:
+            model = model.to(dtype=_as_dtype(dtype))
+        tok, has_json = Tokenizer.tiny(), False
+    cfg = model.config
+    if (tok.mask_id, tok.eos_id) != (cfg.mask_token_id, cfg.eos_token_id) or tok.n_vocab > cfg.embedding_size:
+        which = "tokenizer.json" if has_json else "the tiny byte tokenizer (no tokenizer.json found)"
+        raise CheckpointError(f"{path}: {which} does not fit the model: mask/eos ids "
+                              f"{tok.mask_id}/{tok.eos_id} and {tok.n_vocab} ids, but the config has "
+                              f"{cfg.mask_token_id}/{cfg.eos_token_id} and {cfg.embedding_size} rows")
+    return model, tok
+
+
+# -----------------------------------------------------------------------------
+# python checkpoint.py --measure-memory: peak host memory of load_pretrained, in a fresh process
+
+_MEASURE_CHILD = """
+import json, re, sys
+from checkpoint import load_pretrained
+# Peak RSS from VmHWM (Linux), not getrusage's ru_maxrss: ru_maxrss survives fork+exec, so the child
+# would start at the parent's peak (the parent held the fp32 model while writing the checkpoint).
+peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024
+imported = peak()  # torch alone is a few hundred MB
+load_pretrained(sys.argv[1])  # a tiny warm-up load: pays the one-time costs (safetensors' library, ...)
+baseline = peak()
+model = load_pretrained(sys.argv[2], dtype=None if sys.argv[3] == "None" else sys.argv[3])
+after_load = peak()
+[p.max().item() for p in model.parameters()]  # read every weight (as a forward would), no copies
+print(json.dumps({"fixed": baseline - imported, "baseline": baseline, "after_load": after_load,
+                  "after_use": peak()}))
+"""
+
+
+def measure_memory(root="/tmp/nano-d1-memory"):
+    """Save a scaled LLaDA (D 1024, 12 layers, vocab 32k, bf16: 0.46 GB) as one file and in 6 shards
+    (as the 8B is), load it in a fresh process, and print the peak RSS growth / checkpoint size."""
+    import subprocess
+
+    Model(Config.preset("tiny")).init_weights(seed=0).save_pretrained(f"{root}/warmup")
+    cfg = Config(d_model=1024, n_layers=12, n_heads=8, n_kv_heads=8, mlp_hidden_size=3072,
+                 vocab_size=32768, embedding_size=32768)
+    model = Model(cfg).init_weights(seed=0).to(torch.bfloat16)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(f"{root}/single", max_shard_size=size)
+    model.save_pretrained(f"{root}/sharded", max_shard_size=size // 6 + 1)
+    del model
+    print(f"checkpoint: {size / 1e9:.3f} GB of bf16 ({cfg.n_layers} layers, D {cfg.d_model}, "
+          f"V {cfg.vocab_size})")
+    for layout, dtype in [("single", "None"), ("sharded", "None"), ("sharded", "float32")]:
+        argv = [sys.executable, "-c", _MEASURE_CHILD, f"{root}/warmup", f"{root}/{layout}", dtype]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent).stdout
+        r = json.loads(out)
+        load, use = ((r[k] - r["baseline"]) / size for k in ("after_load", "after_use"))
+        print(f"{layout:>7}, dtype {dtype:<7}: peak RSS growth = {load:.2f} x checkpoint after "
+              f"load_pretrained, {use:.2f} x once every weight is read "
+              f"(one-time cost before: {r['fixed'] / 1e6:.0f} MB)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--measure-memory"]:
+        sys.exit("usage: python checkpoint.py --measure-memory")
+    measure_memory()

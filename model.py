@@ -13,6 +13,8 @@ the same class runs a 3M-parameter classroom model and the 8B checkpoint (see ll
     from model import Config, Model
     model = Model(Config.preset("tiny")); model.init_weights()
     logits = model(input_ids)                      # (B, T, V)
+    model = Model.from_pretrained("LLaDA-8B-Instruct")   # official checkpoint folder (bf16)
+    model.save_pretrained("out/tiny-hf")           # config.json + model.safetensors, the same layout
 
 Shape legend used in every file of this project:
     B batch, T sequence length, P prompt length, C completion length, G group size,
@@ -271,13 +273,28 @@ class Model(nn.Module):
     def transformer(self):
         return self.model.transformer
 
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=None, **config_overrides):
+        """Load a Hugging Face-format LLaDA directory (config.json + safetensors), e.g. the official
+        LLaDA-8B-Instruct. dtype None keeps the file's (bf16). See checkpoint.load_pretrained."""
+        from checkpoint import load_pretrained  # here, not at the top: checkpoint.py imports this file
+
+        return load_pretrained(path, device=device, dtype=dtype, **config_overrides)
+
+    def save_pretrained(self, directory, max_shard_size=5 * 10**9):
+        """Write config.json + model.safetensors (sharded past max_shard_size bytes), the official layout."""
+        from checkpoint import save_pretrained
+
+        save_pretrained(self, directory, max_shard_size=max_shard_size)
+
     @torch.no_grad()
     def init_weights(self, seed=None):
         """Initialise for training from scratch: normal(0, init_std), norms to one.
 
         The residual-stream output projections (attn_out, ff_out) are scaled by 1/sqrt(2 n_layers)
         so the residual variance stays roughly constant with depth (the GPT-2 recipe)."""
-        gen = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        device = self.model.transformer.wte.weight.device  # draw on the weights' device (8B on GPU)
+        gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         std = self.config.init_std
         for name, p in self.named_parameters():
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
@@ -285,7 +302,7 @@ class Model(nn.Module):
                 continue
             residual_out = ".blocks." in name and name.endswith(("attn_out.weight", "ff_out.weight"))
             scale = 1 / math.sqrt(2 * self.config.n_layers) if residual_out else 1.0
-            p.copy_(torch.randn(p.shape, generator=gen) * std * scale)
+            p.normal_(0.0, std * scale, generator=gen)
         return self
 
     def num_params(self):
