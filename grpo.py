@@ -108,8 +108,8 @@ def rollout(model, tok, questions, group_size, gen_length, block_length, steps, 
     texts = [answer_text(tok, row) for row in completion_ids.tolist()]
     scored = [(task.reward(text, ex), task.correct(text, ex))
               for (task, ex), text in zip((q for q in questions for _ in range(group_size)), texts)]
-    names = list(scored[0][0])
-    parts = {name: torch.tensor([r[name] for r, _ in scored], dtype=torch.float32) for name in names}
+    names = list(dict.fromkeys(name for r, _ in scored for name in r))  # tasks may differ (mixed runs)
+    parts = {name: torch.tensor([r.get(name, 0.0) for r, _ in scored], dtype=torch.float32) for name in names}
     rewards = torch.stack(list(parts.values())).sum(0)  # (N,)
     return Rollout(prompt_ids, attention, completion_ids, completion_mask(completion_ids, tok.eos_id),
                    texts, rewards, parts, torch.tensor([c for _, c in scored], dtype=torch.float32),

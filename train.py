@@ -67,7 +67,7 @@ class PretrainConfig(TrainConfig):
     """Pretraining from scratch on the tiny tasks' text corpus (tasks.pretrain_corpus)."""
 
     model: str = "tiny"  # a Config preset name (model.py)
-    seq_len: int = 128  # tokens per row (the tiny tokenizer is byte-level: 1 token = 1 byte)
+    seq_len: int = 256  # tokens per row (byte-level: 1 token = 1 byte); >= prompt + longest generation
     warmup_steps: int = 50
     decay_steps: int = 0  # cosine decay length; 0 = `steps` (set it to continue a schedule longer)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -102,7 +102,7 @@ class SFTConfig(FinetuneConfig):
     batch_size: int = 16  # d1: effective batch 8 (on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
-    seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096)
+    seq_len: int = 256  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     grad_clip: float = 1.0  # d1
     sample_every: int = 200
     ckpt_every: int = 200
@@ -117,9 +117,9 @@ class GRPOConfig(FinetuneConfig):
     steps: int = 60  # tiny: fits 10 minutes on a 2-core CPU (d1: 3,800-7,700 steps on 8 A100s)
     questions_per_step: int = 8  # tiny (d1: 16 questions = 96 completions per optimizer step)
     group_size: int = 6  # G, d1
-    gen_length: int = 64  # tiny (d1: 256)
+    gen_length: int = 128  # tiny: the longest SFT trace fits (d1: 256)
     block_length: int = 32  # d1
-    diffusion_steps: int = 32  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
+    diffusion_steps: int = 64  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used; 0.5+ unstable)
@@ -437,14 +437,15 @@ def print_samples(model, tok, prompts, device, dtype, gen_length=64):
 # Stage 3: diffu-GRPO (the maths is in grpo.py; this is the loop of Algorithm 1)
 
 
-def grpo_questions(step, cfg, task_list):
-    """The questions of a step (a pure function of seed and step): tasks take turns."""
+def grpo_questions(step, cfg, pools):
+    """The questions of a step (a pure function of seed and step): tasks take turns.
+
+    pools: [(task, its training examples)]."""
     rng = random.Random(cfg.seed * 1_000_003 + step)
-    pools = [(task, task.examples("train")) for task in task_list]
     picks = []
     for i in range(cfg.questions_per_step):
-        task, pool = pools[(step * cfg.questions_per_step + i) % len(pools)]
-        picks.append((task, rng.choice(pool)))
+        task, examples = pools[(step * cfg.questions_per_step + i) % len(pools)]
+        picks.append((task, rng.choice(examples)))
     return picks
 
 
@@ -452,7 +453,7 @@ def train_grpo(cfg: GRPOConfig):
     if cfg.group_size < 2:
         raise SystemExit(f"group_size={cfg.group_size}: GRPO needs at least 2 completions per question "
                          "(advantages are rewards minus the group mean; a group of 1 has no signal)")
-    task_list = tasks.get_tiny_tasks(cfg.tasks)
+    pools = [(task, task.examples("train")) for task in tasks.get_tiny_tasks(cfg.tasks)]
     device = start_run(cfg, "grpo")
     tok = Tokenizer.tiny()
     model = init_model(cfg, device)
@@ -472,7 +473,7 @@ def train_grpo(cfg: GRPOConfig):
         # Algorithm 1, lines 3-6: questions, G completions each, rewards and advantages.
         tick = time.time()
         model.eval()
-        questions = grpo_questions(step, cfg, task_list)
+        questions = grpo_questions(step, cfg, pools)
         with autocast(device, cfg.dtype):
             ro = grpo.rollout(model, tok, questions, cfg.group_size, cfg.gen_length, cfg.block_length,
                               cfg.diffusion_steps, cfg.temperature, noise_gen)
