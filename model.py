@@ -57,8 +57,8 @@ class Config:
     n_heads: int = 4
     n_kv_heads: int = 4  # LLaDA-8B has no grouped-query attention: n_kv_heads == n_heads
     mlp_hidden_size: int = 704
-    vocab_size: int = 264  # tiny tokenizer: 256 bytes + 6 special tokens, padded to a multiple of 8
-    embedding_size: int = 264  # rows of wte / ff_out (LLaDA pads 126,349 ids to 126,464 rows)
+    vocab_size: int = 448  # tiny tokenizer: 256 bytes + 6 special tokens + 175 BPE merges, padded
+    embedding_size: int = 448  # rows of wte / ff_out (LLaDA pads 126,349 ids to 126,464 rows)
     max_sequence_length: int = 256  # LLaDA only sizes caches with it; we refuse longer inputs
     rope_theta: float = 10000.0  # LLaDA-8B: 500000 (it was trained at 4096 tokens)
     rms_norm_eps: float = 1e-5

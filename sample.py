@@ -52,14 +52,13 @@ def parse_args(argv=None):
 
 def render(ids, tok):
     """Answer ids as text: masks as ░, end tokens as ·, ids past the tokenizer's vocabulary as �
-    (the embedding has padding rows: LLaDA 126,464 for 126,349 ids, the tiny model 264 for 262; an
-    untrained model can pick them). Each run of ordinary tokens is decoded as one byte string: a
-    character may span several tokens (in the tiny tokenizer every byte is a token)."""
+    (tok.decode does that: the embedding has padding rows, which an untrained model can pick).
+    Each run of ordinary tokens is decoded as one byte string, since a character may span tokens."""
     placeholders = {tok.mask_id: MASK_SHOWN, tok.eos_id: END_SHOWN, tok.eot_id: END_SHOWN}
     shown, run = [], []
     for i in ids:
-        if i in placeholders or i >= tok.n_vocab:
-            shown += [tok.decode(run), placeholders.get(i, "\ufffd")]
+        if i in placeholders:
+            shown += [tok.decode(run), placeholders[i]]
             run = []
         else:
             run.append(i)

@@ -17,6 +17,8 @@ One class, two sources of ranks:
 Both behave like LLaDA's tokenizer with add_special_tokens off: no BOS is added (the chat template has
 one), special-token strings inside the text become their ids, and NFC is applied to the rest.
 """
+import base64
+import collections
 import functools
 import json
 import re
@@ -66,12 +68,14 @@ class Tokenizer:
     @staticmethod
     @functools.cache  # built once per process; tiny() always returns this same object
     def tiny() -> "Tokenizer":
+        """The tiny model's tokenizer: the 256 bytes (ids 0..255), LLaDA's special tokens (256..261),
+        then the merges of a small byte-level BPE trained on the tiny tasks (tokenizer_tiny.bpe)."""
         ranks = {bytes([i]): i for i in range(256)}
         specials = {s: 256 + i for i, s in enumerate(SPECIAL_TOKENS)}
-        # With no merges every byte stays its own token, so the pre-tokenizer regex cannot change the
-        # ids; it only cuts the text into pieces. Whitespace runs and non-space runs is the simplest cut.
-        encoding = tiktoken.Encoding("nano-d1-bytes", pat_str=r"\s+|\S+",
-                                     mergeable_ranks=ranks, special_tokens=specials)
+        for k, token in enumerate(read_merges(TINY_MERGES_FILE)):
+            ranks[token] = 256 + len(SPECIAL_TOKENS) + k  # a merge's rank is its order of creation
+        encoding = tiktoken.Encoding("nano-d1-tiny", pat_str=TINY_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens=specials)
         return Tokenizer(encoding, specials, source="Tokenizer.tiny()")
 
     @classmethod
@@ -111,11 +115,89 @@ class Tokenizer:
         once: a character split across tokens (most CJK ones, byte by byte in the tiny tokenizer)
         would come out as replacement characters if each token were decoded on its own."""
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return self.encoding.decode_bytes(ids).decode("utf-8", errors="replace")
+        # A model's embedding has padding rows past the vocabulary (LLaDA: 126,349 ids, 126,464 rows);
+        # an untrained model can sample them. They decode to U+FFFD rather than raising.
+        unknown = b"\xef\xbf\xbd"
+        chunks = [self.encoding.decode_single_token_bytes(i) if 0 <= i < self.n_vocab else unknown for i in ids]
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def chat(self, message: str) -> list[int]:
         """The ids of chat_prompt(message): what the model sees before it writes its answer."""
         return self.encode(chat_prompt(message))
+
+
+# -----------------------------------------------------------------------------
+# The tiny tokenizer's BPE: trained by this file on the tiny tasks' text
+
+# LLaDA's pre-tokenizer pattern (llada.md section 4) in classes Python's `re` also understands, so
+# training (Python) and encoding (tiktoken) cut text the same way: letters with one optional
+# leading symbol or space, single digits (arithmetic needs digits as separate tokens), runs of
+# symbols with trailing newlines, whitespace.
+TINY_PATTERN = r"""'(?:[sdmt]|ll|ve|re)|[^\r\n\w]?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+TINY_MERGES_FILE = Path(__file__).with_name("tokenizer_tiny.bpe")
+TINY_MERGES = 250  # 256 bytes + 6 special tokens + 250 merges = 512 ids (the tiny config's vocabulary)
+
+
+def train_bpe(texts, n_merges, pattern=TINY_PATTERN) -> list[bytes]:
+    """Byte-level BPE (Sennrich et al. 2016, as GPT-2 does it): start from single bytes and
+    repeatedly merge the most frequent adjacent pair inside pre-tokenized pieces. Returns the
+    merged tokens in order of creation, which is their merge priority (tiktoken's "rank").
+
+    Example: pieces "aaab" x1 and "ab" x3 -> first merge (a, b) (4 times), then (a, a)...
+    """
+    words = collections.Counter(tuple(bytes([b]) for b in piece.encode())
+                                for text in texts for piece in re.findall(pattern, text))
+    merges = []
+    for _ in range(n_merges):
+        pairs = collections.Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken by the bytes: deterministic
+        merges.append(best[0] + best[1])
+        words = collections.Counter({_merge_pair(w, best): c for w, c in words.items()})
+    return merges
+
+
+def _merge_pair(word, pair):
+    out, i = [], 0
+    while i < len(word):
+        if word[i: i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def write_merges(merges, path):
+    """One merged token per line, base64 (tokens may hold spaces and newlines), in merge order."""
+    Path(path).write_text("".join(base64.b64encode(m).decode() + "\n" for m in merges))
+
+
+def read_merges(path) -> list[bytes]:
+    try:
+        return [base64.b64decode(line, validate=True) for line in Path(path).read_text().split()]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the tiny tokenizer's merges ({e})") from None
+
+
+def train_tiny_merges(n_texts=20_000):
+    """Train the tiny tokenizer's merges on the tiny tasks' pretraining text and SFT traces."""
+    import itertools
+    import random
+
+    import tasks
+
+    texts = list(itertools.islice(tasks.pretrain_corpus(seed=0), n_texts))
+    rng = random.Random(0)
+    for task in tasks.TINY_TASKS.values():
+        texts += [task.sft_response(ex, rng) for ex in task.examples("train", 2000)]
+    texts = [t for text in texts for t in re.split("|".join(map(re.escape, SPECIAL_TOKENS)), text)]
+    return train_bpe(texts, TINY_MERGES)
 
 
 # -----------------------------------------------------------------------------
@@ -257,3 +339,13 @@ def _byte_ranks(vocab: dict[str, int], file: Path) -> dict[bytes, int]:
     if len(set(ranks.values())) != len(ranks):
         raise ValueError(f"{file}: two vocab pieces share an id")
     return ranks
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--train-tiny"]:
+        raise SystemExit("usage: python tokenizer.py --train-tiny   (rewrites tokenizer_tiny.bpe)")
+    merges = train_tiny_merges()
+    write_merges(merges, TINY_MERGES_FILE)
+    print(f"wrote {len(merges)} merges to {TINY_MERGES_FILE}; e.g. {merges[:12]}")

@@ -67,7 +67,7 @@ class PretrainConfig(TrainConfig):
     """Pretraining from scratch on the tiny tasks' text corpus (tasks.pretrain_corpus)."""
 
     model: str = "tiny"  # a Config preset name (model.py)
-    seq_len: int = 256  # tokens per row (byte-level: 1 token = 1 byte); >= prompt + longest generation
+    seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
     warmup_steps: int = 50
     decay_steps: int = 0  # cosine decay length; 0 = `steps` (set it to continue a schedule longer)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -102,7 +102,7 @@ class SFTConfig(FinetuneConfig):
     batch_size: int = 16  # d1: effective batch 8 (on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
-    seq_len: int = 256  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
+    seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     grad_clip: float = 1.0  # d1
     sample_every: int = 200
     ckpt_every: int = 200

@@ -47,8 +47,9 @@ def test_runs_on_a_hugging_face_directory_too(tiny, tmp_path, capsys):
 
 def test_too_long_prompt_is_refused_with_its_length(tiny):
     path, _ = tiny
-    long = "x" * 300  # 300 bytes + 23 template tokens = 323 > the tiny model's 256
-    with pytest.raises(SystemExit, match=r"exceeds the model's context of 256 tokens .*prompt is 323 tokens"):
+    long = "x " * 300  # 600 tokens and the template's > the tiny model's 256
+    n = len(Tokenizer.tiny().chat(long))
+    with pytest.raises(SystemExit, match=rf"exceeds the model's context of 256 tokens .*prompt is {n} tokens"):
         sample.main([f"--model={path}", f"--prompt={long}", "--gen_length=8", "--steps=8",
                      "--block_length=8"])
 
@@ -62,7 +63,7 @@ def test_render_and_final_answer():
     tok = Tokenizer.tiny()
     M, E, T = tok.mask_id, tok.eos_id, tok.eot_id
     e_acute = list("é".encode())  # two byte tokens: decoded together, not as two replacement chars
-    ids = [72, 105, *e_acute, M, M, 263, T, E, E]  # 263: a padding row of the embedding, no token
+    ids = [72, 105, *e_acute, M, M, tok.n_vocab + 1, T, E, E]  # a padding row of the embedding, no token
     assert sample.render(ids, tok) == "Hié░░\ufffd···"
     assert sample.final_answer(ids, tok) == "Hié░░\ufffd"
     assert sample.final_answer([72, 105], tok) == "Hi"  # no end token: everything

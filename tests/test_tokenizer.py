@@ -6,7 +6,9 @@ import unicodedata
 import pytest
 
 from tokenizer import (BOS, EOS, EOT, END_HEADER, MASK, START_HEADER, Tokenizer, bytes_to_unicode,
-                       chat_prompt)
+                       chat_prompt,
+                       TINY_MERGES_FILE, read_merges, train_bpe, write_merges)
+from model import Config
 
 # LLaDA's pre-tokenizer regex, copied from docs/llada.md section 4.
 LLADA_REGEX = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"
@@ -171,29 +173,59 @@ def test_invalid_json_names_the_file(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# the tiny byte-level tokenizer
+# the tiny tokenizer: bytes, LLaDA's special tokens, and a small BPE trained by the project
 
 def test_tiny_ids():
     tok = Tokenizer.tiny()
     assert tok is Tokenizer.tiny()  # cached
     assert [tok.bos_id, tok.eos_id, tok.mask_id, tok.start_header_id, tok.end_header_id,
             tok.eot_id] == list(range(256, 262))
-    assert tok.pad_id == tok.eos_id and tok.n_vocab == 262
+    assert tok.pad_id == tok.eos_id and tok.n_vocab == 262 + len(read_merges(TINY_MERGES_FILE))
+    assert tok.n_vocab <= Config.preset("tiny").vocab_size  # the tiny model has a row for every id
 
 
-@pytest.mark.parametrize("text", ["hello world", "café Ω 中文 🙂", "  \t\n x"])
+@pytest.mark.parametrize("text", ["hello world", "café Ω 中文 🙂", "  \t\n x", "a_b __x", "<reasoning>19+8=27"])
 def test_tiny_round_trip(text):
     tok = Tokenizer.tiny()
-    assert tok.encode(text) == list(text.encode())  # id i = byte i
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_tiny_merges_shorten_the_tags_but_keep_digits_single():
+    tok = Tokenizer.tiny()
+    pieces = [tok.decode([i]) for i in tok.encode("<reasoning>12+30=42</reasoning>\n<answer>42</answer>")]
+    assert pieces[:2] == ["<reasoning", ">"]
+    assert [p for p in pieces if p.isdigit()] == list("1230424" + "2")  # every digit its own token
+    assert len(pieces) < 30  # 52 bytes
+
+
+def test_train_bpe_merges_the_most_frequent_pair_first():
+    # pieces: "aaab" once, "ab" three times -> pairs (a,b) x4, (a,a) x2: "ab" first. Then "aaab" is
+    # (a, a, ab): (a, a) and (a, ab) once each, a tie broken by the bytes: b"ab" > b"a", so "aab".
+    assert train_bpe(["aaab", "ab ab ab"], 2, pattern=r"\w+|\s+") == [b"ab", b"aab"]
+    # ties are broken by the bytes (deterministic), and training stops when nothing is left to merge
+    assert train_bpe(["xy"], 5, pattern=r"\w+") == [b"xy"]
+
+
+def test_merges_file_round_trip(tmp_path):
+    merges = [b"ab", b" x\n", bytes([255, 0])]
+    write_merges(merges, tmp_path / "m.bpe")
+    assert read_merges(tmp_path / "m.bpe") == merges
+    (tmp_path / "bad.bpe").write_text("not base64 !!\n")
+    with pytest.raises(ValueError, match="bad.bpe: cannot read the tiny tokenizer's merges"):
+        read_merges(tmp_path / "bad.bpe")
+
+
+def test_ids_past_the_vocabulary_decode_to_a_replacement_character():
+    tok = Tokenizer.tiny()
+    assert tok.decode([104, tok.n_vocab + 3, 105]) == "h\ufffdi"
 
 
 def test_tiny_specials_and_chat():
     tok = Tokenizer.tiny()
     assert tok.encode("a<|mdm_mask|>b") == [97, 258, 98]
-    assert tok.encode("cafe\u0301") == list("café".encode())  # NFC
+    assert tok.encode("cafe\u0301") == tok.encode("café")  # NFC
     ids = tok.chat("What is 2+3?")
     assert ids == tok.encode(chat_prompt("What is 2+3?"))
     assert ids[:2] == [tok.bos_id, tok.start_header_id]
-    assert ids[-3:] == [tok.end_header_id, 10, 10]  # "\n\n" after the assistant header
+    assert ids[-1 - len(tok.encode("\n\n")):] == [tok.end_header_id] + tok.encode("\n\n")
     assert tok.decode(ids) == chat_prompt("What is 2+3?")
