@@ -2,7 +2,7 @@
 Evaluation, three modes.
 
     python eval.py --ckpt=checkpoints/tiny-sft.pt            # a checkpoint on the tiny tasks' test sets
-    python eval.py --ckpt=out/grpo/ckpt.pt --tasks=countdown --gen_length=64,128 --n=256
+    python eval.py --ckpt=out/grpo/ckpt.pt --tasks=countdown --gen_length=96,128 --n=256
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
     python eval.py --rescore ../shared/data/llada_generations/*_256_*.json   # d1's published generations
 
@@ -148,7 +148,7 @@ def stops_cleanly(tok, ids):
     return bool(stops) and all(t in (tok.eos_id, tok.eot_id) for t in ids[stops[0]:])
 
 
-def eval_checkpoint(path, task_names="all", gen_lengths=(64, 128), n=256, batch_size=64, device="auto",
+def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
                     dtype="bfloat16", quiet=False):
     """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}."""
     from checkpoint import load_model
@@ -173,7 +173,7 @@ TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "check
               ("+diffu-GRPO", "checkpoints/tiny-grpo.pt"), ("d1 (SFT + diffu-GRPO)", "checkpoints/tiny-d1.pt"))
 
 
-def print_table(task_names="all", gen_lengths=(64, 128), n=512, batch_size=64, device="auto"):
+def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto"):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
     tasks = [t.name for t in get_tiny_tasks(task_names)]
     columns = [(t, g) for t in tasks for g in gen_lengths]
@@ -202,8 +202,8 @@ def main(argv=None):
     modes.add_argument("--table", action="store_true", help="the tiny d1 table (four shipped checkpoints)")
     parser.add_argument("--task", choices=sorted(TASKS), help="--rescore: override the task read from file names")
     parser.add_argument("--tasks", default="all", help="tiny tasks, comma-separated, or all")
-    parser.add_argument("--gen_length", default="64,128", help="comma-separated generation lengths")
-    parser.add_argument("--n", type=int, default=None, help="test questions per task (default 256; table 512)")
+    parser.add_argument("--gen_length", default="96,128", help="comma-separated generation lengths")
+    parser.add_argument("--n", type=int, default=None, help="test questions per task (default 256, as d1 for Countdown and Sudoku)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -214,7 +214,7 @@ def main(argv=None):
         elif args.ckpt:
             eval_checkpoint(args.ckpt, args.tasks, gen_lengths, args.n or 256, args.batch_size, args.device)
         else:
-            print_table(args.tasks, gen_lengths, args.n or 512, args.batch_size, args.device)
+            print_table(args.tasks, gen_lengths, args.n or 256, args.batch_size, args.device)
     except ValueError as e:  # CheckpointError, TaskError, unreadable generation files
         raise SystemExit(f"error: {e}") from None
 

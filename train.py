@@ -34,11 +34,11 @@ import sft
 import tasks
 from checkpoint import CheckpointError, check_same_config, load_checkpoint, load_model, save_checkpoint
 from lora import add_lora, adapters_off, lora_layers, merge_lora
-from diffusion import generate, pretrain_loss, sft_loss
+from diffusion import generate, sft_loss
 from grpo import answer_text
 from model import Config, Model
 from plot import plot_rewards
-from tokenizer import Tokenizer
+from tokenizer import END_HEADER, Tokenizer
 
 # -----------------------------------------------------------------------------
 # Configs: one dataclass per stage, defaults that run on a laptop CPU
@@ -48,7 +48,7 @@ from tokenizer import Tokenizer
 class TrainConfig:
     """Keys every stage has."""
 
-    steps: int = 1000  # optimizer steps
+    steps: int = 3000  # optimizer steps (pretraining: ~18 min on a 2-core CPU)
     out_dir: str = "out/pretrain"
     seed: int = 1337
     device: str = "auto"  # auto -> cuda, then mps, then cpu
@@ -98,14 +98,14 @@ class SFTConfig(FinetuneConfig):
     """d1's masked SFT (sft.py) on ~1,000 tiny-task reasoning traces (s1K has 1,000 questions)."""
 
     out_dir: str = "out/sft"
-    steps: int = 600  # tiny: ~10 epochs of 1,000 examples at batch 16 (d1: 20 epochs of s1K, 2,460 steps)
+    steps: int = 1500  # tiny: 24 epochs of 1,000 examples at batch 16 (d1: 20 epochs of s1K, 2,460 steps)
     batch_size: int = 16  # d1: effective batch 8 (on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
     seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     grad_clip: float = 1.0  # d1
-    sample_every: int = 200
-    ckpt_every: int = 200
+    sample_every: int = 500
+    ckpt_every: int = 500
 
 
 @dataclass
@@ -114,12 +114,12 @@ class GRPOConfig(FinetuneConfig):
 
     init: str = "checkpoints/tiny-sft.pt"  # d1 runs RL on the merged SFT model (or on the base)
     out_dir: str = "out/grpo"
-    steps: int = 60  # tiny: fits 10 minutes on a 2-core CPU (d1: 3,800-7,700 steps on 8 A100s)
+    steps: int = 50  # tiny: fits 10 minutes on a 2-core CPU (d1: 3,800-7,700 steps on 8 A100s)
     questions_per_step: int = 8  # tiny (d1: 16 questions = 96 completions per optimizer step)
     group_size: int = 6  # G, d1
-    gen_length: int = 128  # tiny: the longest SFT trace fits (d1: 256)
+    gen_length: int = 96  # tiny: the longest SFT trace (89 tokens) fits (d1: 256)
     block_length: int = 32  # d1
-    diffusion_steps: int = 64  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
+    diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used; 0.5+ unstable)
@@ -310,34 +310,43 @@ def init_model(cfg, device):
 
 
 def pack_rows(texts, tok, seq_len):
-    """Turn documents into rows of exactly seq_len tokens (B rows -> (B, seq_len) LongTensor).
+    """Turn documents into rows of exactly seq_len tokens: ids (B, seq_len) and prompt lengths (B,).
 
-    Chat documents (they start with the BOS token) get a row of their own, padded with EOS, as
-    at generation time: the model must learn that an answer is followed by EOS padding. Plain
-    documents are packed together, separated by EOS, until the row is full."""
-    rows, row = [], []
+    Chat documents (chat_prompt(question) + answer) get a row of their own, padded with EOS as at
+    generation time, and their prompt is kept clean by the loss (prompt length > 0): that is the
+    instruction tuning of LLaDA-8B-Instruct, the model d1 starts from. Without it the model never
+    sees a clean question above a fully masked answer, which is exactly what sampling shows it.
+    Plain documents are packed together, separated by EOS, with prompt length 0."""
+    rows, prompt_lengths, row = [], [], []
     for text in texts:
+        question, header, answer = text.rpartition(END_HEADER + "\n\n")
+        if header:  # a chat document: encode the prompt as the sampler will see it, then the answer
+            prompt = tok.encode(question + header)
+            rows.append((prompt + tok.encode(answer))[:seq_len])
+            prompt_lengths.append(len(prompt))
+            continue
         ids = tok.encode(text)[:seq_len]
-        is_chat = ids[:1] == [tok.bos_id]
-        if row and (is_chat or len(row) + 1 + len(ids) > seq_len):
+        if row and len(row) + 1 + len(ids) > seq_len:
             rows.append(row)
+            prompt_lengths.append(0)
             row = []
         row = row + [tok.eos_id] + ids if row else ids
-        if is_chat:
-            rows.append(row)
-            row = []
     if row:
         rows.append(row)
-    return torch.tensor([r + [tok.eos_id] * (seq_len - len(r)) for r in rows])
+        prompt_lengths.append(0)
+    ids = torch.tensor([r + [tok.eos_id] * (seq_len - len(r)) for r in rows])
+    return ids, torch.tensor(prompt_lengths)
 
 
 def pretrain_batch(step, cfg, tok, corpus_fn):
-    """The batch of a step is a pure function of (seed, step): resuming needs no data state."""
+    """The batch of a step is a pure function of (seed, step): resuming needs no data state.
+    Returns ids (B, T) and prompt lengths (B,) (0 for plain text rows)."""
     docs = iter(corpus_fn(seed=cfg.seed * 1_000_003 + step))
-    rows = torch.empty(0, cfg.seq_len, dtype=torch.long)
-    while rows.size(0) < cfg.batch_size:
-        rows = torch.cat([rows, pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)])
-    return rows[: cfg.batch_size]  # (B, T)
+    ids, prompt_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
+    while ids.size(0) < cfg.batch_size:
+        more, more_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
+        ids, prompt_lengths = torch.cat([ids, more]), torch.cat([prompt_lengths, more_lengths])
+    return ids[: cfg.batch_size], prompt_lengths[: cfg.batch_size]
 
 
 def train_pretrain(cfg: PretrainConfig):
@@ -348,8 +357,10 @@ def train_pretrain(cfg: PretrainConfig):
     mask_id = model.config.mask_token_id
 
     def batch_and_loss(step, noise_gen):
-        x0 = pretrain_batch(step, cfg, tok, tasks.pretrain_corpus).to(device)  # (B, T)
-        return x0.numel(), lambda: pretrain_loss(model, x0, mask_id, generator=noise_gen)
+        x0, P = pretrain_batch(step, cfg, tok, tasks.pretrain_corpus)
+        x0, P = x0.to(device), P.to(device)  # (B, T), (B,)
+        # With prompt length 0 the SFT loss IS LLaDA's pretraining loss (sum of CE / p over B * T).
+        return x0.numel(), lambda: sft_loss(model, x0, P, mask_id, generator=noise_gen)
 
     return denoising_loop(cfg, "pretrain", model, tok, device, batch_and_loss)
 

@@ -72,14 +72,16 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         load_model(path)
 
 
-def test_pack_rows_gives_chat_documents_their_own_padded_row():
+def test_pack_rows_gives_chat_documents_their_own_padded_row_with_a_clean_prompt():
     from tokenizer import Tokenizer, chat_prompt
 
     tok = Tokenizer.tiny()
-    rows = train.pack_rows(["1+1=2", "2+2=4", chat_prompt("q") + "a", "3+3=6"], tok, 48)
-    assert rows.shape == (3, 48)
-    assert tok.decode(rows[0][:11].tolist()) == "1+1=2<|endoftext|>2+2=4"
-    assert rows[1][0] == tok.bos_id and rows[1][-1] == tok.eos_id
+    rows, prompt_lengths = train.pack_rows(["1+1=2", "2+2=4", chat_prompt("q") + "a", "3+3=6"], tok, 48)
+    assert rows.shape == (2, 48)
+    assert rows[0][0] == tok.bos_id and rows[0][-1] == tok.eos_id  # the chat document, EOS-padded
+    plain = "1+1=2<|endoftext|>2+2=4<|endoftext|>3+3=6"  # plain documents packed around it
+    assert tok.decode(rows[1][: len(tok.encode(plain))].tolist()) == plain
+    assert prompt_lengths.tolist() == [len(tok.chat("q")), 0]  # the loss keeps chat prompts clean
 
 
 # -- pretraining resume --------------------------------------------------------------------------
