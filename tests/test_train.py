@@ -88,19 +88,19 @@ def test_pack_rows_gives_chat_documents_their_own_padded_row_with_a_clean_prompt
 
 
 def pretrain_args(out_dir, steps, *extra):
-    return ["--stage", "pretrain", f"--out_dir={out_dir}", f"--steps={steps}", "--decay_steps=30",
+    return ["--stage", "pretrain", f"--out_dir={out_dir}", f"--steps={steps}", "--decay_steps=150",
             "--batch_size=4", "--seq_len=64", "--warmup_steps=5", "--log_every=1", "--sample_every=0",
             "--ckpt_every=1000", "--dtype=float32", *extra]
 
 
 def test_resume_continues_exactly(tmp_path):
-    """20 steps, then resume to 30, equals 30 steps straight (same seed): the step-30 loss matches."""
-    train.main(pretrain_args(tmp_path / "straight", 30))
-    train.main(pretrain_args(tmp_path / "resumed", 20))
-    train.main(pretrain_args(tmp_path / "resumed", 30, "--resume"))
+    """100 steps, then resume to 150, equals 150 steps straight (same seed): every loss matches."""
+    train.main(pretrain_args(tmp_path / "straight", 150))
+    train.main(pretrain_args(tmp_path / "resumed", 100))
+    train.main(pretrain_args(tmp_path / "resumed", 150, "--resume"))
     straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in resumed] == list(range(1, 31))
+    assert [r["step"] for r in resumed] == list(range(1, 151))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 
