@@ -1,10 +1,14 @@
 """
 Train the tiny LLaDA-style model, one stage at a time: pretrain -> sft -> grpo.
 
-    python train.py --stage pretrain                     # ~5 min on a 2-core CPU
-    python train.py --stage pretrain --steps=2000 --out_dir=out/big
-    python train.py --stage pretrain --resume            # continue out_dir/ckpt.pt exactly
-    python train.py --stage pretrain --help              # every key, its type and default
+    python train.py --stage pretrain     # from scratch, 3,000 steps: ~18 min on a 2-core CPU
+    python train.py --stage sft          # from checkpoints/tiny-base.pt: ~5 min
+    python train.py --stage grpo         # diffu-GRPO from checkpoints/tiny-sft.pt: ~10 min
+    python train.py --stage grpo --init=checkpoints/tiny-base.pt --out_dir=out/grpo-base
+    python train.py --stage pretrain --steps=200 --out_dir=out/quick      # a 1-minute look
+    python train.py --stage pretrain --resume             # continue out_dir/ckpt.pt exactly
+    python train.py --stage grpo --help                   # every key, its type and default
+    python train.py --stage sft --device=cuda --dtype=float32            # on a GPU
 
 Every key of the stage's config dataclass (below) can be set with --key=value (or --key value;
 a bare --flag sets a bool). Values are type-checked and an unknown key is an error listing the
@@ -33,9 +37,9 @@ import grpo
 import sft
 import tasks
 from checkpoint import CheckpointError, check_same_config, load_checkpoint, load_model, save_checkpoint
-from lora import add_lora, adapters_off, lora_layers, merge_lora
 from diffusion import generate, sft_loss
 from grpo import answer_text
+from lora import add_lora, adapters_off, lora_layers, merge_lora
 from model import Config, Model
 from plot import plot_rewards
 from tokenizer import END_HEADER, Tokenizer

@@ -138,3 +138,18 @@ def test_grpo_refuses_bad_input(tmp_path):
     train.main(grpo_args(init, tmp_path / "run"))
     with pytest.raises(SystemExit, match="different model config: d_model=32"):
         train.main(grpo_args(other, tmp_path / "run", "--resume", "--steps=2"))
+
+
+def test_lora_runs_export_merged_official_weights_and_resume(tmp_path):
+    init = write_init_checkpoint(tmp_path / "init.pt")
+    args = ["--stage", "sft", f"--init={init}", f"--out_dir={tmp_path / 'sft'}", "--n_per_task=4", "--batch_size=4",
+            "--lora_r=4", "--log_every=1", "--sample_every=0", "--dtype=float32", f"--export={tmp_path / 'slim.pt'}"]
+    train.main(args + ["--steps=2"])
+    model, ckpt = load_model(tmp_path / "slim.pt")  # plain official keys: the adapters are merged in
+    assert "optimizer" not in ckpt and not any("lora" in k for k in ckpt["model"])
+    base, _ = load_model(init)
+    assert not torch.equal(model.transformer.blocks[0].q_proj.weight, base.transformer.blocks[0].q_proj.weight)
+    assert torch.equal(model.transformer.blocks[0].attn_out.weight, base.transformer.blocks[0].attn_out.weight)
+    train.main(args + ["--steps=3", "--resume"])  # adapters come back from the run's checkpoint
+    assert load_checkpoint(tmp_path / "sft" / "ckpt.pt")["step"] == 3
+    train.main(grpo_args(init, tmp_path / "grpo", "--lora_r=4"))  # reference policy = adapters off
