@@ -211,6 +211,13 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def set_lr(optimizer, step, cfg):
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def make_optimizer(params, cfg):
     """AdamW; weight decay on matrices only (not on norm weights), as is usual for transformers."""
     params = [p for p in params if p.requires_grad]
@@ -400,9 +407,7 @@ def denoising_loop(cfg, stage, model, tok, device, batch_and_loss):
     t0, tokens_seen = time.time(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True)
     for step in bar:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, cfg)
         n_tokens, compute_loss = batch_and_loss(step, noise_gen)
         with autocast(device, cfg.dtype):
             loss = compute_loss()
@@ -482,9 +487,7 @@ def train_grpo(cfg: GRPOConfig):
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", dynamic_ncols=True)
     for step in bar:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, cfg)
         # Algorithm 1, lines 3-6: questions, G completions each, rewards and advantages.
         tick = time.time()
         model.eval()
@@ -534,10 +537,7 @@ def train_grpo(cfg: GRPOConfig):
         metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
-            tqdm.write(f"grpo step {done:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
-                       f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
-                       f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "
-                       f"s {seconds_rollout:.1f}+{seconds_logps:.1f}+{seconds_update:.1f}")
+            tqdm.write(grpo_log_line(done, row))
         if cfg.sample_every and done % cfg.sample_every == 0:
             print_best_and_worst(ro, cfg.group_size)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
@@ -560,6 +560,14 @@ def grpo_metrics(ro, cfg, sums, n_tokens, seconds_rollout, seconds_logps, second
         row[f"reward/{name}"] = values.mean().item()
         row[f"reward/{name}_std"] = values.std().item()
     return row
+
+
+def grpo_log_line(step, row):
+    """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update."""
+    return (f"grpo step {step:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
+            f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
+            f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "
+            f"s {row['seconds_rollout']:.1f}+{row['seconds_logps']:.1f}+{row['seconds_update']:.1f}")
 
 
 def print_best_and_worst(ro, group_size):
