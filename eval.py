@@ -37,7 +37,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from checkpoint import load_model
+from diffusion import generate
+from grpo import answer_text, left_pad
 from tasks import TASKS, get_tiny_tasks
+from tokenizer import Tokenizer
+from train import autocast, pick_device
 
 
 @dataclass
@@ -118,10 +123,6 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloa
 
     Returns dict(accuracy, stderr, format, n); accuracy and format in percent. The standard error
     is that of a mean over items (Sudoku items score the share of their empty cells right)."""
-    from diffusion import generate
-    from grpo import answer_text, left_pad
-    from train import autocast
-
     device = next(model.parameters()).device
     model.eval()
     scores, well_formed = [], []
@@ -151,10 +152,6 @@ def stops_cleanly(tok, ids):
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
                     dtype="bfloat16", quiet=False):
     """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}."""
-    from checkpoint import load_model
-    from tokenizer import Tokenizer
-    from train import pick_device
-
     model, _ = load_model(path, device=pick_device(device))
     tok = Tokenizer.tiny()
     results = {}

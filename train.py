@@ -512,24 +512,7 @@ def train_grpo(cfg: GRPOConfig):
 
         # Lines 7-9: mu policy-gradient updates on the same rollout, each with its own mask.
         tick = time.time()
-        model.train()
-        n_tokens = ro.completion_mask.sum().clamp(min=1)
-        N = ro.completion_ids.size(0)
-        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-        for j in range(cfg.mu):
-            for i in range(0, N, chunk):
-                rows = slice(i, i + chunk)
-                with autocast(device, cfg.dtype):
-                    logp = grpo.sequence_logps(model, ro, masks[j], mask_id, rows)  # (n, C)
-                loss, stats = grpo.grpo_loss(logp, old[j][rows], ref[j][rows], ro.advantages[rows],
-                                             ro.completion_mask[rows], cfg.epsilon, cfg.beta, n_tokens)
-                loss.backward()  # chunk by chunk: gradients add up to those of the pooled mean
-                sums["loss"] += loss.item()
-                sums["kl"] += stats["kl"]
-                sums["clipped"] += stats["clipped"]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        sums, n_tokens = policy_updates(model, optimizer, ro, masks, old, ref, cfg)
         seconds_update = time.time() - tick
 
         done = step + 1
@@ -545,6 +528,33 @@ def train_grpo(cfg: GRPOConfig):
     plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
     finish(cfg, "grpo", model, optimizer, noise_gen, t0)
     return model
+
+
+def policy_updates(model, optimizer, ro, masks, old, ref, cfg):
+    """Algorithm 1, lines 7-9: mu optimizer steps on one rollout, step j with prompt mask j.
+
+    Rows go through the model logp_chunk at a time and their gradients add up (backward per
+    chunk), so a big batch's full-vocabulary logits never exist at once. Returns the summed
+    statistics and the number of completion tokens in the loss."""
+    model.train()
+    mask_id, chunk = model.config.mask_token_id, cfg.logp_chunk
+    n_tokens = ro.completion_mask.sum().clamp(min=1)
+    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    for j in range(cfg.mu):
+        for i in range(0, ro.completion_ids.size(0), chunk):
+            rows = slice(i, i + chunk)
+            with autocast(ro.completion_ids.device, cfg.dtype):
+                logp = grpo.sequence_logps(model, ro, masks[j], mask_id, rows)  # (n, C)
+            loss, stats = grpo.grpo_loss(logp, old[j][rows], ref[j][rows], ro.advantages[rows],
+                                         ro.completion_mask[rows], cfg.epsilon, cfg.beta, n_tokens)
+            loss.backward()  # chunk by chunk: gradients add up to those of the pooled token mean
+            sums["loss"] += loss.item()
+            sums["kl"] += stats["kl"]
+            sums["clipped"] += stats["clipped"]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return sums, n_tokens
 
 
 def grpo_metrics(ro, cfg, sums, n_tokens, seconds_rollout, seconds_logps, seconds_update):
