@@ -432,17 +432,22 @@ class TinyTask:
         """The short answer of the pretraining corpus: empty reasoning, the answer in tags."""
         return _respond("", self._solve(ex, random.Random(ex.key), False)[1])
 
+    # Shares of the pretraining texts. Chat texts are few because each takes a whole row, padded with
+    # EOS as at generation time; plain texts are packed, so most of the tokens trained on are content.
+    PRETRAIN_MIX = {"fact": 0.4, "plain": 0.45, "chat": 0.15}
+
     def pretrain_texts(self, rng: random.Random):
-        """Endless pretraining texts, in thirds: background facts, worked train problems, and train
-        questions in the chat template with a direct answer (so the base model answers in format)."""
+        """Endless pretraining texts: background facts, worked train problems, and train questions in
+        the chat template with a direct answer (so the base model answers in format); PRETRAIN_MIX."""
+        kinds, weights = zip(*self.PRETRAIN_MIX.items())
         while True:
             ex = self._sample(rng, "train")
             if self.split_of(ex) != "train":
                 continue
-            kind = rng.randrange(3)
-            if kind == 0:
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "fact":
                 yield self._fact(rng)
-            elif kind == 1:
+            elif kind == "plain":
                 yield self._plain(ex, rng)
             else:
                 yield _chat(ex.prompt) + self.direct_response(ex) + EOT + EOS
@@ -460,9 +465,9 @@ class TinyTask:
         return None if answer is None else answer.strip()
 
 
-def _arithmetic_fact(rng: random.Random, max_value: int) -> str:
+def _arithmetic_fact(rng: random.Random, max_value: int, ops: str = "+-*/") -> str:
     """A random true equation such as "7*8=56", every number within 0..max_value."""
-    op = rng.choice("+-*/")
+    op = rng.choice(ops)
     if op in "+-":
         a, b = sorted((rng.randint(0, max_value), rng.randint(0, max_value)))
         return f"{a}+{b - a}={b}" if op == "+" else f"{b}-{a}={b - a}"
@@ -472,17 +477,22 @@ def _arithmetic_fact(rng: random.Random, max_value: int) -> str:
 
 
 class TinyArith(TinyTask):
-    """The GSM8K stand-in: 2-3 step word problems from templates, small whole numbers.
+    """The GSM8K stand-in: 2-3 step word problems from templates, one-digit amounts.
 
         task = TinyArith()
         ex = task.examples("test", 1)[0]
         ex.prompt   # e.g. "Ann has 3 pens, buys 4, loses 2. How many?"   ex.answer == 5
         task.sft_response(ex, random.Random(0))
-        # "<reasoning>3+4=7\\n7-2=5</reasoning>\\n<answer>5</answer>"; with backtracking, a line such
+        # "<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>"; with backtracking, a line such
         # as "3+4=8? 8-4=4 no" comes before the right one
-        task.reward("<reasoning>3+4=7\\n7-2=5</reasoning>\\n<answer>5</answer>", ex)
+        task.reward("<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>", ex)
         # {'correct': 2.0, 'format': 0.5}: GSM8K's exact-answer 2.0 and a 0.5 format reward
 
+    Every amount is one digit and every step reads "<verb> <digit>" (a name, an item and a verb are
+    one token each), so each number sits at a fixed distance from where the answer uses it. A
+    3M-parameter model learns to copy by position within minutes but learns to look a number up by
+    its content far more slowly (README, "Honest notes"); with two-digit amounts and steps such as
+    "doubles" it never learned to copy the start amount on this CPU's budget.
     Knobs: steps (fewest, most), max_start, max_operand, max_value (every amount stays in 0..max_value).
     """
     name = "arith"
@@ -490,32 +500,28 @@ class TinyArith(TinyTask):
              "Ned", "Pam", "Sam", "Tom", "Uma", "Val", "Zoe")
     ITEMS = ("pens", "eggs", "cards", "coins", "cups", "toys", "hats", "buns", "keys", "figs")
     PHRASES = {"+": ("buys {}", "gets {}", "finds {}", "wins {}"),
-               "-": ("loses {}", "sells {}", "gives {}", "uses {}"),
-               "*": {2: "doubles", 3: "triples"}, "/": {2: "halves"}}  # short: a token per byte
+               "-": ("loses {}", "sells {}", "gives {}", "uses {}")}
 
-    def __init__(self, steps=(2, 3), max_start=20, max_operand=9, max_value=99, **kw):
-        super().__init__(**kw)
+    def __init__(self, steps=(2, 3), max_start=9, max_operand=9, max_value=9, n_train=5_000, **kw):
+        super().__init__(n_train=n_train, **kw)
         self.steps, self.max_start = steps, max_start
         self.max_operand, self.max_value = max_operand, max_value
 
     def _moves(self, value):
-        """The (op, operand) steps that keep the amount a whole number within 0..max_value."""
+        """The (op, operand) steps that keep the amount within 0..max_value."""
         moves = [("+", b) for b in range(1, self.max_operand + 1) if value + b <= self.max_value]
-        moves += [("-", b) for b in range(1, min(self.max_operand, value) + 1)]
-        moves += [("*", k) for k in (2, 3) if value * k <= self.max_value]
-        return moves + ([("/", 2)] if value >= 2 and value % 2 == 0 else [])
+        return moves + [("-", b) for b in range(1, min(self.max_operand, value) + 1)]
 
     def _sample(self, rng, split):
         value = start = rng.randint(2, self.max_start)
         steps, phrases = [], []
         for _ in range(rng.randint(*self.steps)):
             ops = sorted({op for op, _ in self._moves(value)})
-            op = rng.choice(ops)  # first the kind of step, so that "+" does not crowd out the rest
+            op = rng.choice(ops)  # first the kind of step, so that neither kind crowds out the other
             operand = rng.choice([b for o, b in self._moves(value) if o == op])
             value = _apply(value, op, operand)
             steps.append((op, operand))
-            options = self.PHRASES[op]
-            phrases.append(options[operand] if op in "*/" else rng.choice(options).format(operand))
+            phrases.append(rng.choice(self.PHRASES[op]).format(operand))
         name, item = rng.choice(self.NAMES), rng.choice(self.ITEMS)
         prompt = f"{name} has {start} {item}, {', '.join(phrases)}. How many?"
         key = str(start) + "".join(f"{op}{b}" for op, b in steps)  # the problem as arithmetic: "3+4-2"
@@ -531,9 +537,8 @@ class TinyArith(TinyTask):
 
     def _solve(self, ex, rng, backtrack):
         lines = [f"{v}{op}{b}={r}" for v, op, b, r in self._lines(ex)]
-        additive = [i for i, (_, op, _, _) in enumerate(self._lines(ex)) if op in "+-"]
-        if backtrack and additive:  # a slip, caught by undoing the step: "3+4=8? 8-4=4 no"
-            i = rng.choice(additive)
+        if backtrack:  # a slip, caught by undoing the step: "3+4=8? 8-4=4 no"
+            i = rng.randrange(len(lines))
             v, op, b, r = self._lines(ex)[i]
             wrong = r + rng.choice((-1, 1)) if r > 0 else r + 1
             undo = f"{wrong}-{b}={wrong - b}" if op == "+" else f"{wrong}+{b}={wrong + b}"
@@ -545,7 +550,7 @@ class TinyArith(TinyTask):
         return f"{ex.prompt} {work}. So {ex.answer}."
 
     def _fact(self, rng):
-        return _arithmetic_fact(rng, self.max_value)
+        return _arithmetic_fact(rng, self.max_value, ops="+-")
 
     def correct(self, completion, ex) -> float:
         """1.0 if the last answer tags hold exactly the right whole number."""
@@ -611,8 +616,8 @@ class TinyCountdown(TinyTask):
     """
     name = "countdown"
 
-    def __init__(self, lo=1, hi=20, max_value=100, **kw):
-        super().__init__(**kw)
+    def __init__(self, lo=1, hi=9, max_value=30, n_train=1_000, test_share=0.2, **kw):
+        super().__init__(n_train=n_train, test_share=test_share, **kw)
         self.lo, self.hi, self.max_value = lo, hi, max_value
 
     def _expressions(self, ex):
@@ -708,9 +713,10 @@ class TinySudoku(TinyTask):
         ex = task.examples("test", 1)[0]
         ex.prompt   # e.g. "Sudoku: 1204340021034021"   ex.answer == "1234341221434321"
         task.sft_response(ex, random.Random(0))
-        # "<reasoning>r1c3=3\\nr2c3=1\\n...</reasoning>\\n<answer>1234341221434321</answer>": cells
-        # filled in a solving order (a cell with one candidate first); with backtracking one fill is
-        # first tried with a digit its row, column or box already holds: "r2c3=4 no"
+        # "<reasoning>1234341201034321\\n1234341221434321</reasoning>\\n<answer>1234341221434321</answer>":
+        # the grid after each round of filling the blanks that have a single candidate; with
+        # backtracking one round is first written with a digit its row, column or box already holds,
+        # and marked " no"
         task.reward("<reasoning></reasoning>\\n<answer>1234341221434321</answer>", ex)
         # {'correct': 1.0}: the share of blanks filled right, d1's Sudoku reward (it has no format term)
 
@@ -741,22 +747,37 @@ class TinySudoku(TinyTask):
                 return Example(f"Sudoku: {puzzle}", grid, puzzle, puzzle=puzzle)
         raise ValueError(f"no puzzle with {n_blanks} blanks and a unique solution found; use fewer blanks")
 
-    def _solve(self, ex, rng, backtrack):
-        cells, lines = list(ex.puzzle), []
+    def _rounds(self, ex):
+        """The grids after each round of filling: a round fills every blank that has a single
+        candidate in the grid before it (if none has, the blank with the fewest, from the solution)."""
+        cells, grids = list(ex.puzzle), []
         while "0" in cells:
             empty = [i for i, c in enumerate(cells) if c == "0"]
-            i = min(empty, key=lambda i: len(_candidates(cells, i)))  # first cell with fewest options
-            name = f"r{i // 4 + 1}c{i % 4 + 1}"
-            taken = sorted({cells[j] for j in PEERS[i]} - {"0"})
-            if backtrack and taken and rng.random() < 1 / len(empty):  # once, at a uniform random step
-                lines.append(f"{name}={rng.choice(taken)} no")
-                backtrack = False
-            cells[i] = ex.answer[i]
-            lines.append(f"{name}={cells[i]}")
+            singles = [i for i in empty if len(_candidates(cells, i)) == 1]
+            for i in singles or [min(empty, key=lambda i: len(_candidates(cells, i)))]:
+                cells[i] = ex.answer[i]
+            grids.append("".join(cells))
+        return grids
+
+    def _solve(self, ex, rng, backtrack):
+        """The reasoning is the grid, rewritten after each round of filling, so every digit of a
+        line sits exactly one line (17 tokens) below the same cell of the line before: a tiny model
+        copies by position easily. With backtracking one round is first written with a new digit
+        that its row, column or box already holds, and marked " no"."""
+        grids = self._rounds(ex)
+        lines = list(grids)
+        if backtrack and len(grids) < 3:  # (3+ rounds would not fit 96 tokens with one more line)
+            k = rng.randrange(len(grids))
+            before = ex.puzzle if k == 0 else grids[k - 1]
+            i = rng.choice([i for i, c in enumerate(before) if c == "0"])
+            taken = sorted({before[j] for j in PEERS[i]} - {"0"})
+            if taken:
+                wrong = grids[k][:i] + rng.choice(taken) + grids[k][i + 1:]
+                lines.insert(k, wrong + " no")
         return "\n".join(lines), ex.answer
 
     def _plain(self, ex, rng):
-        return f"{ex.prompt} solved: {ex.answer}"
+        return f"{ex.prompt}\n" + "\n".join(self._rounds(ex))
 
     def _fact(self, rng):
         grid = rng.choice(self.grids["train"])  # a solved grid, row by row

@@ -286,8 +286,8 @@ def test_loaders_read_the_published_files(shared):
 def test_same_seed_same_data_and_disjoint_splits():
     for cls in (TinyArith, TinyCountdown, TinySudoku):
         a, b, c = cls(seed=1), cls(seed=1), cls(seed=2)
-        train, test = a.examples("train", 2000), a.examples("test", 300)
-        assert train == b.examples("train", 2000) and test == b.examples("test", 300)
+        train, test = a.examples("train", 1000), a.examples("test", 250)
+        assert train == b.examples("train", 1000) and test == b.examples("test", 250)
         assert train[:100] == a.examples("train", 100)  # a longer list starts the same
         assert train[:100] != c.examples("train", 100)
         assert len({ex.key for ex in train}) == len(train)
@@ -366,7 +366,7 @@ def test_pretrain_corpus():
     texts = [next(a) for _ in range(600)]
     assert texts == [next(b) for _ in range(600)]
     chats = [t for t in texts if t.endswith(EOT + EOS)]
-    assert 100 < len(chats) < 300 and all("<reasoning></reasoning>\n<answer>" in t for t in chats)
+    assert 50 < len(chats) < 150 and all("<reasoning></reasoning>\n<answer>" in t for t in chats)
     for name, question in (("sudoku", "Sudoku: "), ("countdown", "Numbers: "), ("arith", "How many?")):
         answers = [t.split("<|end_header_id|>\n\n")[-1] for t in chats if question in t]
         assert answers and all(TINY_TASKS[name].format_ok(a) for a in answers)
@@ -374,7 +374,7 @@ def test_pretrain_corpus():
     test_countdown = {ex.prompt for ex in TINY_TASKS["countdown"].examples("test")}
     for t in texts:
         assert not test_grids & set(re.findall(r"\d{16}", t.replace("\n", "")))
-        assert not any(p in t for p in test_countdown)
+        assert not test_countdown & set(re.findall(r"Numbers: \[[\d, ]*\]\nTarget: \d+", t))
     only = pretrain_corpus(seed=0, tasks=["sudoku"])
     for t in (next(only) for _ in range(50)):
         assert "Sudoku" in t or re.fullmatch(r"(\d{4}\n){3}\d{4}", t)
