@@ -119,12 +119,13 @@ class GRPOConfig(FinetuneConfig):
     init: str = "checkpoints/tiny-sft.pt"  # d1 runs RL on the merged SFT model (or on the base)
     out_dir: str = "out/grpo"
     steps: int = 50  # tiny: fits 10 minutes on a 2-core CPU (d1: 3,800-7,700 steps on 8 A100s)
-    questions_per_step: int = 8  # tiny (d1: 16 questions = 96 completions per optimizer step)
+    questions_per_step: int = 9  # tiny: 3 per task, so every step mixes the tasks alike (d1: 16 questions, 1 task)
     group_size: int = 6  # G, d1
     gen_length: int = 96  # tiny: the longest SFT trace (89 tokens) fits (d1: 256)
     block_length: int = 32  # d1
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
+    remasking: str = "random"  # tiny (d1: "low_confidence"): grpo.py's docstring, deviation 5
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used; 0.5+ unstable)
     epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
@@ -473,6 +474,8 @@ def train_grpo(cfg: GRPOConfig):
     if cfg.group_size < 2:
         raise SystemExit(f"group_size={cfg.group_size}: GRPO needs at least 2 completions per question "
                          "(advantages are rewards minus the group mean; a group of 1 has no signal)")
+    if cfg.remasking not in ("low_confidence", "random"):
+        raise SystemExit(f"remasking={cfg.remasking!r}: expected 'random' (the tiny default) or 'low_confidence' (d1's)")
     pools = [(task, task.examples("train")) for task in tasks.get_tiny_tasks(cfg.tasks)]
     device = start_run(cfg, "grpo")
     tok = Tokenizer.tiny()
@@ -494,7 +497,7 @@ def train_grpo(cfg: GRPOConfig):
         questions = grpo_questions(step, cfg, pools)
         with autocast(device, cfg.dtype):
             ro = grpo.rollout(model, tok, questions, cfg.group_size, cfg.gen_length, cfg.block_length,
-                              cfg.diffusion_steps, cfg.temperature, noise_gen)
+                              cfg.diffusion_steps, cfg.temperature, noise_gen, cfg.remasking)
         ro.advantages = grpo.group_advantages(ro.rewards, cfg.group_size, cfg.scale_rewards_by_std).to(device)
         ro.completion_mask = ro.completion_mask.to(device)
         seconds_rollout = time.time() - tick

@@ -134,6 +134,8 @@ def test_grpo_refuses_bad_input(tmp_path):
         train.main(grpo_args(init, tmp_path / "x", "--group_size=1"))
     with pytest.raises(SystemExit, match="unknown task 'chess'"):
         train.main(grpo_args(init, tmp_path / "x", "--tasks=chess"))
+    with pytest.raises(SystemExit, match="remasking='sideways'"):
+        train.main(grpo_args(init, tmp_path / "x", "--remasking=sideways"))
     other = write_init_checkpoint(tmp_path / "other.pt", d_model=64)
     train.main(grpo_args(init, tmp_path / "run"))
     with pytest.raises(SystemExit, match="different model config: d_model=32"):
