@@ -181,12 +181,17 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
         results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, quiet=True)
         average = sum(results[c]["accuracy"] for c in columns) / len(columns)
         rows.append((name, results, average))
+    header = "| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n" + "|---" * (len(columns) + 2) + "|"
     print(f"\nTiny d1 table: accuracy % (standard error), greedy, steps = gen_length / 2, n = {n} per cell\n")
-    print("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |")
-    print("|---" * (len(columns) + 2) + "|")
+    print(header)
     for name, results, average in rows:
         cells = " | ".join(f"{results[c]['accuracy']:.1f} ({results[c]['stderr']:.1f})" for c in columns)
         print(f"| {name} | {cells} | {average:.1f} |")
+    print("\nFormat: % of completions well formed and stopping with EOS padding\n")
+    print(header)
+    for name, results, _ in rows:
+        formats = [results[c]["format"] for c in columns]
+        print(f"| {name} | " + " | ".join(f"{f:.1f}" for f in formats) + f" | {sum(formats) / len(formats):.1f} |")
 
 
 def main(argv=None):

@@ -483,9 +483,9 @@ class TinyArith(TinyTask):
         ex = task.examples("test", 1)[0]
         ex.prompt   # e.g. "Ann has 3 pens, buys 4, loses 2. How many?"   ex.answer == 5
         task.sft_response(ex, random.Random(0))
-        # "<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>"; with backtracking, a line such
+        # "<reasoning>3+4=7\\n7-2=5</reasoning>\\n<answer>5</answer>"; with backtracking, a line such
         # as "3+4=8? 8-4=4 no" comes before the right one
-        task.reward("<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>", ex)
+        task.reward("<reasoning>3+4=7\\n7-2=5</reasoning>\\n<answer>5</answer>", ex)
         # {'correct': 2.0, 'format': 0.5}: GSM8K's exact-answer 2.0 and a 0.5 format reward
 
     Every amount is one digit and every step reads "<verb> <digit>" (a name, an item and a verb are
@@ -616,6 +616,7 @@ class TinyCountdown(TinyTask):
     """
     name = "countdown"
 
+    # Numbers 1-9 give ~1,500 distinct problems: a 20% test split keeps 256+ for the table.
     def __init__(self, lo=1, hi=9, max_value=30, n_train=1_000, test_share=0.2, **kw):
         super().__init__(n_train=n_train, test_share=test_share, **kw)
         self.lo, self.hi, self.max_value = lo, hi, max_value
