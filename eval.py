@@ -181,7 +181,8 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
         results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, quiet=True)
         average = sum(results[c]["accuracy"] for c in columns) / len(columns)
         rows.append((name, results, average))
-    header = "| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n" + "|---" * (len(columns) + 2) + "|"
+    header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
+              + "|---" * (len(columns) + 2) + "|")
     print(f"\nTiny d1 table: accuracy % (standard error), greedy, steps = gen_length / 2, n = {n} per cell\n")
     print(header)
     for name, results, average in rows:

@@ -121,7 +121,7 @@ class GRPOConfig(FinetuneConfig):
     steps: int = 50  # tiny: fits 10 minutes on a 2-core CPU (d1: 3,800-7,700 steps on 8 A100s)
     questions_per_step: int = 9  # tiny: 3 per task, so every step mixes the tasks alike (d1: 16 questions, 1 task)
     group_size: int = 6  # G, d1
-    gen_length: int = 96  # tiny: the longest SFT trace (89 tokens) fits (d1: 256)
+    gen_length: int = 96  # tiny: the longest SFT trace (Sudoku, 94 tokens with <|eot_id|>) fits (d1: 256)
     block_length: int = 32  # d1
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
