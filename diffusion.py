@@ -82,6 +82,8 @@ def sft_loss(model, x0, prompt_lengths, mask_id, generator=None):
 # -----------------------------------------------------------------------------
 # Sampling: LLaDA's semi-autoregressive low-confidence remasking
 
+REMASKING = ("low_confidence", "random")  # which masked tokens a step commits: most confident, or any
+
 
 def add_gumbel_noise(logits, temperature, generator=None):
     """Turn argmax into sampling from softmax(logits / temperature) (the Gumbel-max trick).
@@ -130,8 +132,8 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking={remasking!r}; expected 'low_confidence' or 'random'")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking={remasking!r}; expected one of {REMASKING}")
     steps_per_block = steps // num_blocks
 
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=prompt.device)  # (B, T)

@@ -536,10 +536,11 @@ class TinyArith(TinyTask):
         return out
 
     def _solve(self, ex, rng, backtrack):
-        lines = [f"{v}{op}{b}={r}" for v, op, b, r in self._lines(ex)]
+        steps = self._lines(ex)
+        lines = [f"{v}{op}{b}={r}" for v, op, b, r in steps]
         if backtrack:  # a slip, caught by undoing the step: "3+4=8? 8-4=4 no"
             i = rng.randrange(len(lines))
-            v, op, b, r = self._lines(ex)[i]
+            v, op, b, r = steps[i]
             wrong = r + rng.choice((-1, 1)) if r > 0 else r + 1
             undo = f"{wrong}-{b}={wrong - b}" if op == "+" else f"{wrong}+{b}={wrong + b}"
             lines.insert(i, f"{v}{op}{b}={wrong}? {undo} no")

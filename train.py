@@ -37,7 +37,7 @@ import grpo
 import sft
 import tasks
 from checkpoint import CheckpointError, check_same_config, load_checkpoint, load_model, save_checkpoint
-from diffusion import generate, sft_loss
+from diffusion import REMASKING, generate, sft_loss
 from grpo import answer_text
 from lora import add_lora, adapters_off, lora_layers, merge_lora
 from model import Config, Model
@@ -354,7 +354,7 @@ def pretrain_batch(step, cfg, tok, corpus_fn):
     """The batch of a step is a pure function of (seed, step): resuming needs no data state.
     Returns ids (B, T) and prompt lengths (B,) (0 for plain text rows)."""
     docs = iter(corpus_fn(seed=cfg.seed * 1_000_003 + step))
-    ids, prompt_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
+    ids, prompt_lengths = torch.empty(0, cfg.seq_len, dtype=torch.long), torch.empty(0, dtype=torch.long)
     while ids.size(0) < cfg.batch_size:
         more, more_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
         ids, prompt_lengths = torch.cat([ids, more]), torch.cat([prompt_lengths, more_lengths])
@@ -474,8 +474,8 @@ def train_grpo(cfg: GRPOConfig):
     if cfg.group_size < 2:
         raise SystemExit(f"group_size={cfg.group_size}: GRPO needs at least 2 completions per question "
                          "(advantages are rewards minus the group mean; a group of 1 has no signal)")
-    if cfg.remasking not in ("low_confidence", "random"):
-        raise SystemExit(f"remasking={cfg.remasking!r}: expected 'random' (the tiny default) or 'low_confidence' (d1's)")
+    if cfg.remasking not in REMASKING:  # refused before any loading, not at the first rollout
+        raise SystemExit(f"remasking={cfg.remasking!r}: expected one of {REMASKING} (d1's is 'low_confidence')")
     pools = [(task, task.examples("train")) for task in tasks.get_tiny_tasks(cfg.tasks)]
     device = start_run(cfg, "grpo")
     tok = Tokenizer.tiny()
