@@ -4,20 +4,38 @@ speed, and the three attention implementations side by side. Prints tables (mark
 
     python bench.py                     # auto device; ~2 minutes on a 2-core CPU
     python bench.py --model=llada-8b    # GPU: random-weight 8B forward and sampler speed (bf16)
+    python bench.py --memory            # peak host memory of checkpoint.load_pretrained
 
 Training FLOPs are counted the usual way: 6 x (non-embedding parameters) per token for the
 matmuls (forward 2, backward 4), plus 12 x n_layers x T x D per token for attention scores and
 the weighted sum. "MFU" = achieved FLOP/s / the matmul peak measured in the same run.
 """
 
-import argparse
+import json
+import re
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from diffusion import generate, pretrain_loss
+from checkpoint import load_pretrained, save_pretrained
+from common import autocast, cli, one_line_errors, pick_device
+from diffusion import diffusion_loss, generate
 from model import Config, Model, eager_attention, flex_attention, make_flex_block_mask, sdpa_attention
-from train import autocast, pick_device
+
+
+@dataclass
+class BenchConfig:
+    """Measure this device: matmul peak, the tiny model's speeds, attention kernels; or memory."""
+
+    device: str = "auto"  # auto -> cuda, then mps, then cpu
+    model: str = "tiny"  # model preset to time: tiny, or llada-8b (random weights, GPU)
+    batch_size: int = 32  # rows per training step
+    seq_len: int = 128  # tokens per row
+    memory: bool = False  # instead: the peak host memory of loading a Hugging Face-format checkpoint
 
 
 def timed(fn, device, min_seconds=1.0, warmup=2):
@@ -57,7 +75,7 @@ def bench_training(cfg, device, dtype, B, T):
 
     def step():
         with autocast(device, dtype):
-            loss = pretrain_loss(model, x, cfg.mask_token_id)
+            loss = diffusion_loss(model, x, torch.zeros(B, dtype=torch.long, device=device), cfg.mask_token_id)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,21 +158,24 @@ def bench_large(cfg, device):
         print(f"| sampler batch {B}, gen 256, {steps} steps | {seconds * 1e3:.0f} | {B * 256 / seconds:,.0f} | |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--model", default="tiny", help="preset to time (tiny by default)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--seq_len", type=int, default=128)
-    args = parser.parse_args()
-    device = pick_device(args.device)
+def main(argv=None):
+    with one_line_errors("bench.py"):
+        args = cli(BenchConfig, sys.argv[1:] if argv is None else argv)
+        if args.memory:
+            return measure_memory()
+        device = pick_device(args.device)
+        cfg = Config.preset(args.model)
+        print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+        if args.model == "tiny":
+            bench_tiny(cfg, device, args)
+        else:
+            bench_large(cfg, device)
+
+
+def bench_tiny(cfg, device, args):
+    """The tables for the tiny model: matmul peak, training / forward / sampler speed, attention."""
     torch.manual_seed(0)
-    cfg = Config.preset(args.model)
-    if args.model != "tiny":
-        print(f"device: {device}; torch {torch.__version__}; model {args.model}")
-        return bench_large(cfg, device)
     B, T = args.batch_size, args.seq_len
-    print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"model: {args.model}, {Model(cfg).num_params() / 1e6:.2f}M params, batch {B} x {T} tokens\n")
 
     peak = {}
@@ -176,7 +197,6 @@ def main():
     print(f"| training tokens/s | {fp['train']:,.0f} | {bf['train']:,.0f} | {bf['train'] / fp['train']:.2f}x |")
     print(f"| training GFLOP/s (MFU vs same-dtype peak) | {fp['flops']:,.0f} ({fp['flops'] / peak[torch.float32]:.0%}) "
           f"| {bf['flops']:,.0f} ({bf['flops'] / peak[torch.bfloat16]:.0%}) | |")
-    print(f"| training GFLOP/s vs fp32 peak | {fp['flops'] / peak[torch.float32]:.0%} | {bf['flops'] / peak[torch.float32]:.0%} | |")
     print(f"| forward tokens/s (batch 16) | {fp['fwd']:,.0f} | {bf['fwd']:,.0f} | {bf['fwd'] / fp['fwd']:.2f}x |")
     print(f"| sampler tokens/s (8 x 64 new, 32 steps) | {fp['sample']:,.0f} | {bf['sample']:,.0f} | {bf['sample'] / fp['sample']:.2f}x |")
 
@@ -190,6 +210,52 @@ def main():
         r = bench_attention(device, B_, H, T_, Dh, backward, att_dtype)
         cells = " | ".join("n/a" if r[k] is None else f"{r[k] / 1e9:,.0f}" for k in ("eager", "sdpa", "flex"))
         print(f"| B {B_} H {H} T {T_} Dh {Dh} | {cells} |")
+
+
+# -----------------------------------------------------------------------------
+# python bench.py --memory: peak host memory of load_pretrained, in a fresh process
+
+
+def peak_rss():
+    """This process's peak resident memory in bytes, from VmHWM (Linux). Not getrusage's ru_maxrss:
+    that survives fork+exec, so a child would start at its parent's peak."""
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+
+
+def load_and_measure(warmup_dir, checkpoint_dir, dtype):
+    """Run in a fresh process by measure_memory: load a checkpoint, print the peak RSS as JSON."""
+    imported = peak_rss()  # torch alone is a few hundred MB
+    load_pretrained(warmup_dir)  # a tiny warm-up load pays the one-time costs (safetensors' library, ...)
+    baseline = peak_rss()
+    model = load_pretrained(checkpoint_dir, dtype=None if dtype == "None" else dtype)
+    after_load = peak_rss()
+    [p.max().item() for p in model.parameters()]  # read every weight (as a forward would), no copies
+    print(json.dumps({"fixed": baseline - imported, "baseline": baseline, "after_load": after_load,
+                      "after_use": peak_rss()}))
+
+
+def measure_memory(root="/tmp/nano-d1-memory"):
+    """Save a scaled LLaDA (D 1024, 12 layers, vocab 32k, bf16: 0.46 GB) as one file and in 6 shards
+    (as the 8B is), load it in a fresh process, and print the peak RSS growth / checkpoint size."""
+    save_pretrained(Model(Config.preset("tiny")).init_weights(seed=0), f"{root}/warmup")
+    cfg = Config(d_model=1024, n_layers=12, n_heads=8, n_kv_heads=8, mlp_hidden_size=3072,
+                 vocab_size=32768, embedding_size=32768)
+    model = Model(cfg).init_weights(seed=0).to(torch.bfloat16)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    save_pretrained(model, f"{root}/single", max_shard_size=size)
+    save_pretrained(model, f"{root}/sharded", max_shard_size=size // 6 + 1)
+    del model
+    print(f"checkpoint: {size / 1e9:.3f} GB of bf16 ({cfg.n_layers} layers, D {cfg.d_model}, V {cfg.vocab_size})")
+    for layout, dtype in [("single", "None"), ("sharded", "None"), ("sharded", "float32")]:
+        child = "import sys, bench; bench.load_and_measure(*sys.argv[1:])"
+        argv = [sys.executable, "-c", child, f"{root}/warmup", f"{root}/{layout}", dtype]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent).stdout
+        r = json.loads(out)
+        load, use = ((r[k] - r["baseline"]) / size for k in ("after_load", "after_use"))
+        print(f"{layout:>7}, dtype {dtype:<7}: peak RSS growth = {load:.2f} x checkpoint after "
+              f"load_pretrained, {use:.2f} x once every weight is read "
+              f"(one-time cost before: {r['fixed'] / 1e6:.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -13,23 +13,22 @@ Model files, in two formats, written atomically and read back with clear errors.
     stage       "pretrain" | "sft" | "grpo"; train_config: the stage's resolved config
     step, optimizer, rng       for --resume (absent from the slim checkpoints shipped in checkpoints/)
 
-2. Hugging Face-format directories, the layout of the official LLaDA-8B-Instruct (llada.md section 2):
+2. Hugging Face-format directories, the layout of the official LLaDA-8B-Instruct release:
    config.json, and model.safetensors or shards listed in model.safetensors.index.json.
 
-    from model import Model
-    model = Model.from_pretrained("LLaDA-8B-Instruct", device="cuda")   # keeps the file's bf16
-    model.save_pretrained("out/tiny-hf")                                # config.json + model.safetensors
+    from checkpoint import load_pretrained, save_pretrained, load_any
+    model = load_pretrained("LLaDA-8B-Instruct", device="cuda")   # keeps the file's bf16
+    save_pretrained(model, "out/tiny-hf")                          # config.json + model.safetensors
     model, tok = load_any(path)          # either format, with its tokenizer (sample.py uses this)
 
    Loading never holds two copies of the weights: the model is built on the meta device (no memory),
    then each tensor is read from its shard, moved to the target device and dtype, and put in place.
-   `python checkpoint.py --measure-memory` measures the peak host memory this takes.
+   `python bench.py --memory` measures the peak host memory this takes.
    safetensors is needed only for this format (pip install safetensors).
 """
 
 import json
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -61,14 +60,18 @@ def _write_atomic(path, write):
 def load_checkpoint(path, map_location="cpu"):
     """Read a project checkpoint, turning torch's deep errors into one clear message."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a project .pt file (a Hugging Face-format "
+                              "LLaDA folder is read by checkpoint.load_pretrained)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated zip, garbage bytes, a pickle with foreign objects ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(e).__name__}: {first_line[:200]})") from None
+        # torch's message suggests weights_only=False, i.e. running the file's code: never for a file
+        # we did not write. Name the problem, not that advice.
+        raise CheckpointError(f"checkpoint {path} is not a readable nano-d1 checkpoint: corrupt, truncated "
+                              f"or another kind of file ({type(e).__name__})") from None
     for key in ("model", "config"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no {key!r} entry; is it a nano-d1 checkpoint?")
@@ -313,7 +316,7 @@ def load_any(path, device="cpu", dtype=None):
     """Open a model and its tokenizer from either format. Returns (model, tokenizer).
 
     A directory is Hugging Face format, with its tokenizer.json; a folder written by save_pretrained
-    from the tiny model has none, and gets the tiny byte tokenizer. A file is a project .pt
+    from the tiny model has none, and gets the tiny tokenizer. A file is a project .pt
     checkpoint (the tiny tokenizer). Either way the tokenizer's mask and EOS ids must be the config's:
     a wrong pairing would otherwise sample garbage without any error."""
     path = Path(path)
@@ -328,60 +331,8 @@ def load_any(path, device="cpu", dtype=None):
         tok, has_json = Tokenizer.tiny(), False
     cfg = model.config
     if (tok.mask_id, tok.eos_id) != (cfg.mask_token_id, cfg.eos_token_id) or tok.n_vocab > cfg.embedding_size:
-        which = "tokenizer.json" if has_json else "the tiny byte tokenizer (no tokenizer.json found)"
+        which = "tokenizer.json" if has_json else "the tiny tokenizer (no tokenizer.json found)"
         raise CheckpointError(f"{path}: {which} does not fit the model: mask/eos ids "
                               f"{tok.mask_id}/{tok.eos_id} and {tok.n_vocab} ids, but the config has "
                               f"{cfg.mask_token_id}/{cfg.eos_token_id} and {cfg.embedding_size} rows")
     return model, tok
-
-
-# -----------------------------------------------------------------------------
-# python checkpoint.py --measure-memory: peak host memory of load_pretrained, in a fresh process
-
-_MEASURE_CHILD = """
-import json, re, sys
-from checkpoint import load_pretrained
-# Peak RSS from VmHWM (Linux), not getrusage's ru_maxrss: ru_maxrss survives fork+exec, so the child
-# would start at the parent's peak (the parent held the fp32 model while writing the checkpoint).
-peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024
-imported = peak()  # torch alone is a few hundred MB
-load_pretrained(sys.argv[1])  # a tiny warm-up load: pays the one-time costs (safetensors' library, ...)
-baseline = peak()
-model = load_pretrained(sys.argv[2], dtype=None if sys.argv[3] == "None" else sys.argv[3])
-after_load = peak()
-[p.max().item() for p in model.parameters()]  # read every weight (as a forward would), no copies
-print(json.dumps({"fixed": baseline - imported, "baseline": baseline, "after_load": after_load,
-                  "after_use": peak()}))
-"""
-
-
-def measure_memory(root="/tmp/nano-d1-memory"):
-    """Save a scaled LLaDA (D 1024, 12 layers, vocab 32k, bf16: 0.46 GB) as one file and in 6 shards
-    (as the 8B is), load it in a fresh process, and print the peak RSS growth / checkpoint size."""
-    import subprocess
-
-    Model(Config.preset("tiny")).init_weights(seed=0).save_pretrained(f"{root}/warmup")
-    cfg = Config(d_model=1024, n_layers=12, n_heads=8, n_kv_heads=8, mlp_hidden_size=3072,
-                 vocab_size=32768, embedding_size=32768)
-    model = Model(cfg).init_weights(seed=0).to(torch.bfloat16)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    model.save_pretrained(f"{root}/single", max_shard_size=size)
-    model.save_pretrained(f"{root}/sharded", max_shard_size=size // 6 + 1)
-    del model
-    print(f"checkpoint: {size / 1e9:.3f} GB of bf16 ({cfg.n_layers} layers, D {cfg.d_model}, "
-          f"V {cfg.vocab_size})")
-    for layout, dtype in [("single", "None"), ("sharded", "None"), ("sharded", "float32")]:
-        argv = [sys.executable, "-c", _MEASURE_CHILD, f"{root}/warmup", f"{root}/{layout}", dtype]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent).stdout
-        r = json.loads(out)
-        load, use = ((r[k] - r["baseline"]) / size for k in ("after_load", "after_use"))
-        print(f"{layout:>7}, dtype {dtype:<7}: peak RSS growth = {load:.2f} x checkpoint after "
-              f"load_pretrained, {use:.2f} x once every weight is read "
-              f"(one-time cost before: {r['fixed'] / 1e6:.0f} MB)")
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--measure-memory"]:
-        sys.exit("usage: python checkpoint.py --measure-memory")
-    measure_memory()

@@ -1,5 +1,5 @@
 """
-Masked diffusion: the forward (noising) process, the training losses, the sampler, and the
+Masked diffusion: the forward (noising) process, the training loss, the sampler, and the
 likelihood estimator. Everything here is model-agnostic: `model(x, attention_mask) -> logits`.
 
 The idea in one picture. A masked diffusion LM learns to undo random masking:
@@ -8,12 +8,12 @@ The idea in one picture. A masked diffusion LM learns to undo random masking:
     t = 0.5   xt :  The  [M]  sat  [M]  the  [M]      each token masked with probability ~t
     model(xt)    :        cat       on        mat     predict every masked token at once
 
-Training (LLaDA, d1.md "Masked-diffusion losses"): draw t ~ U(0,1) per sequence, mask each token
-with probability p = (1 - eps) t + eps, and minimise the cross-entropy on masked tokens weighted
-by 1/p. This is an upper bound on the negative log-likelihood (the diffusion ELBO).
+Training (LLaDA paper, Sec. 2.1): draw t ~ U(0,1) per sequence, mask each token with probability
+p = (1 - eps) t + eps, and minimise the cross-entropy on masked tokens weighted by 1/p. This is an
+upper bound on the negative log-likelihood (the diffusion ELBO).
 
-Sampling (llada.md section 5): start from a fully masked answer and unmask a few tokens per
-step, the ones the model is most confident about, block by block from left to right.
+Sampling (LLaDA paper, Sec. 2.4 and Appendix B): start from a fully masked answer and unmask a few
+tokens per step, the ones the model is most confident about, block by block from left to right.
 
     from diffusion import generate
     out = generate(model, prompt_ids, steps=64, gen_length=64, block_length=32)   # (B, P + 64)
@@ -48,25 +48,19 @@ def masked_token_ce(logits, targets, is_masked):
     return ce
 
 
-def pretrain_loss(model, x0, mask_id, generator=None):
-    """LLaDA pretraining loss: sum over masked tokens of CE / p, divided by B*T (all slots).
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
+    """LLaDA's masked-diffusion loss, for pretraining and for SFT (LLaDA paper, Sec. 2.1 and 2.3;
+    d1 paper, Sec. 3.1): noise x0, predict the masked tokens, weight each one's CE by 1/p.
 
-    Dividing by every slot, not only the masked ones, is what makes the 1/p weighting an unbiased
-    estimate of the ELBO: in expectation p*T tokens are masked, each weighted by 1/p."""
-    xt, is_masked, p = forward_process(x0, mask_id, generator=generator)
-    logits = model(xt)  # (B, T, V)
-    ce = masked_token_ce(logits, x0, is_masked)  # (B, T)
-    return (ce / p).sum() / x0.numel()
-
-
-def sft_loss(model, x0, prompt_lengths, mask_id, generator=None):
-    """d1/LLaDA SFT loss: as pretraining, but the prompt is never noised, and each row's sum is
-    divided by that row's answer length (response + EOS padding), then averaged over the batch.
-
-    x0: (B, T) = prompt, response, EOS padding; prompt_lengths: (B,) number of prompt tokens.
+    x0: (B, T) = prompt, response, EOS padding; prompt_lengths: (B,) number of prompt tokens, which
+    are never masked. Each row's sum of CE / p is divided by that row's answer length (T - P), then
+    the rows are averaged:
         row:  P P P P R R R R E E E E      P prompt (kept clean), R response, E EOS padding
         mask: . . . . M . M M . M . M      only R and E can be masked; E is in the loss, which is
-                                            how a diffusion model learns where to stop."""
+                                            how a diffusion model learns where to stop.
+    Pretraining is the case P = 0: the loss is then sum(CE / p) / (B * T), over ALL slots, not only
+    the masked ones. That is what makes the 1/p weighting an unbiased estimate of the ELBO: in
+    expectation p * T tokens are masked, each weighted by 1/p."""
     B, T = x0.shape
     positions = torch.arange(T, device=x0.device)  # (T,)
     is_prompt = positions[None, :] < prompt_lengths[:, None]  # (B, T)
@@ -83,6 +77,17 @@ def sft_loss(model, x0, prompt_lengths, mask_id, generator=None):
 # Sampling: LLaDA's semi-autoregressive low-confidence remasking
 
 REMASKING = ("low_confidence", "random")  # which masked tokens a step commits: most confident, or any
+
+
+def check_sampler(gen_length, block_length, steps):
+    """Refuse sampler sizes generate() cannot run, naming the numbers (before any work is done)."""
+    if min(gen_length, block_length, steps) < 1:
+        raise ValueError(f"gen_length={gen_length}, block_length={block_length} and steps={steps} must be >= 1")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+    if steps % (gen_length // block_length):
+        raise ValueError(f"steps={steps} must be a multiple of the number of blocks "
+                         f"(gen_length / block_length = {gen_length // block_length})")
 
 
 def add_gumbel_noise(logits, temperature, generator=None):
@@ -127,13 +132,10 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     on_step(x, step): optional callback after each step, e.g. to show the answer filling in."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
-    if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({num_blocks})")
+    check_sampler(gen_length, block_length, steps)
     if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r}; expected one of {REMASKING}")
+        raise ValueError(f"remasking={remasking!r}; expected one of {', '.join(REMASKING)}")
+    num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
 
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=prompt.device)  # (B, T)
@@ -183,7 +185,7 @@ def _top_k_per_row(scores, k):
 
 
 # -----------------------------------------------------------------------------
-# Likelihood: Monte Carlo estimate of the ELBO (llada.md section 6)
+# Likelihood: Monte Carlo estimate of the ELBO (LLaDA paper, Sec. 2.4 and Appendix B)
 
 
 @torch.no_grad()

@@ -1,123 +1,123 @@
 """
-Evaluation, three modes.
+Evaluation, three modes; and complete(), the "ask the model and score the answers" helper that
+evaluation and the RL rollouts share.
 
     python eval.py --ckpt=checkpoints/tiny-sft.pt            # a checkpoint on the tiny tasks' test sets
     python eval.py --ckpt=out/grpo/ckpt.pt --tasks=countdown --gen_length=96,128 --n=256
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
-    python eval.py --rescore ../shared/data/llada_generations/*_256_*.json   # d1's published generations
+    python eval.py --rescore gens/*_256_*.json               # d1's published LLaDA generations (README)
+    python eval.py --help                                    # every key, its default and meaning
 
---ckpt and --table follow d1's evaluation protocol scaled to the tiny setting: greedy decoding
-(temperature 0), low-confidence remasking, blocks of 32, steps = gen_length / 2, on the tiny
-tasks' held-out test split. (d1 also prefills the assistant turn with "<reasoning>"; the tiny
-model is trained to write it itself, so nothing is prefilled.) Each line reads
+--ckpt and --table follow d1's evaluation protocol (d1 paper, Sec. 4) scaled to the tiny setting:
+greedy decoding (temperature 0), low-confidence remasking, blocks of 32, steps = gen_length / 2, on
+the tiny tasks' held-out test split. (d1 also prefills the assistant turn with "<reasoning>"; the
+tiny model is trained to write it itself, so its tasks' eval_prefix is empty.) Each line reads
     <task> gen_length=<N>: accuracy=<X>% format=<Y>% n=<n>
-where format is the share of completions that are exactly "<reasoning>..</reasoning>\n<answer>..
+where format is the share of completions that are exactly "<reasoning>..</reasoning>\\n<answer>..
 </answer>" and then stop (end of turn, EOS padding to the end).
 
---rescore scores d1's published generation files with d1's evaluation parsing:
-
-Each file holds {"generations": [{"question", "generations", "ground_truth"}, ...], "gen_length", ...};
-the task is read from the file name ("gsm8k_instruct_256_128_3_generations.json" is GSM8K) unless
---task says. All files of one task and generation length are pooled into one accuracy, as the paper
-does. One line is printed per task and generation length, and the last line reads
-`accuracy: XX.XX% (C/T)`, where C/T are the counts behind d1's metric: items for GSM8K, MATH500 and
-Countdown; empty cells for Sudoku (its lines also give whole puzzles solved). With several tasks the
-last line pools all of them.
-
-Expected on the gen-length-256 files (the LLaDA-8B-Instruct row of Table 1, docs/d1.md):
+--rescore scores d1's published generation files with d1's evaluation parsing. Each file holds
+{"generations": [{"question", "generations", "ground_truth"}, ...], "gen_length", ...}; the task is
+read from the file name ("gsm8k_instruct_256_128_3_generations.json" is GSM8K) unless --task says.
+All files of one task and generation length are pooled into one accuracy, as the paper does. One
+line is printed per task and generation length, and the last line reads `accuracy: XX.XX% (C/T)`,
+where C/T are the counts behind d1's metric: items for GSM8K, MATH500 and Countdown; empty cells for
+Sudoku (its lines also give whole puzzles solved). With several tasks the last line pools them all.
+Expected on the gen-length-256 files (the LLaDA-8B-Instruct row of d1's Table 1):
 GSM8K 76.37% (1,130 items), MATH500 32.40% (500), Countdown 19.53% (256), Sudoku 6.69% (cells).
 """
-import argparse
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_model
-from diffusion import generate
-from grpo import answer_text, left_pad
-from tasks import TASKS, get_tiny_tasks
-from tokenizer import Tokenizer
-from train import autocast, pick_device
+from checkpoint import CheckpointError, load_model
+from common import ConfigError, autocast, check_choice, cli, one_line_errors, pick_device
+from diffusion import check_sampler, generate
+from tasks_d1 import D1_TASKS
+from tasks_tiny import get_tiny_tasks
+from tokenizer import Tokenizer, end_of_turn
+
+# -----------------------------------------------------------------------------
+# complete(): chat template -> left padding -> sampler -> decode -> score
 
 
 @dataclass
-class Score:
-    """The pooled result of one task at one generation length."""
-    task: str
-    gen_length: int | None
-    correct: int  # d1's numerator: items right, or (Sudoku) empty cells right
-    total: int  # d1's denominator: items, or (Sudoku) empty cells
-    items: int
-    solved: int  # items entirely right (for Sudoku, puzzles with every empty cell right)
-    files: int
+class Completions:
+    """N completions of N (task, example) items, and their scores. Tensors are on the model's device,
+    scores on the CPU."""
 
-    @property
-    def accuracy(self) -> float:
-        return 100.0 * self.correct / self.total if self.total else 0.0
-
-
-def task_of(path: Path) -> str:
-    """The task named at the start of a generation file's name, e.g. "math500_instruct_...json"."""
-    name = path.name.split("_")[0]
-    if name not in TASKS:
-        raise ValueError(f"{path}: cannot tell the task from the file name; pass --task "
-                         f"(one of {', '.join(TASKS)})")
-    return name
+    prompt_ids: torch.Tensor  # (N, P) chat-templated prompts, left-padded with EOS
+    prompt_attention: torch.Tensor  # (N, P) 1 = real prompt token, 0 = left padding
+    completion_ids: torch.Tensor  # (N, C) what the sampler wrote
+    texts: list  # N completions as text: the task's eval prefix, then the answer up to the end of turn
+    rewards: dict  # reward name -> (N,) values (task.rewards)
+    reward: torch.Tensor  # (N,) the sum of the named rewards
+    correct: torch.Tensor  # (N,) the task's evaluation check, 0..1
+    well_formed: torch.Tensor  # (N,) bool: task.format_ok, and the answer stops cleanly
 
 
-def read_generations(path: Path) -> tuple[list[dict], int | None]:
-    """The records of one generation file, and its generation length (from the file, else its name)."""
-    try:
-        data = json.loads(path.read_text())
-        records = data["generations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a d1 generation file ({type(e).__name__}: {e})") from None
-    gen_length = data.get("gen_length")
-    if gen_length is None and (m := re.search(r"_(\d+)_\d+_\d+_generations", path.name)):
-        gen_length = int(m.group(1))
-    return records, gen_length
+def left_pad(sequences, pad_id):
+    """Lists of ids -> (N, P) tensor left-padded with pad_id, and the (N, P) attention mask.
 
-
-def rescore(files, task: str | None = None) -> list[Score]:
-    """Score generation files with d1's evaluation parsing: one Score per (task, gen length)."""
-    scores: dict[tuple, Score] = {}
-    for path in map(Path, files):
-        name = task or task_of(path)
-        records, gen_length = read_generations(path)
-        score = scores.setdefault((name, gen_length), Score(name, gen_length, 0, 0, 0, 0, 0))
-        score.files += 1
-        for i, record in enumerate(records):
-            try:
-                item = TASKS[name].from_generation(record)
-                correct, total = TASKS[name].score(record["generations"], item)
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}: record {i}: {type(e).__name__}: {e}") from None
-            score.correct += correct
-            score.total += total
-            score.items += 1
-            score.solved += correct == total
-    return list(scores.values())
-
-
-def print_scores(scores: list[Score]) -> None:
-    for s in scores:
-        line = f"{s.task:<9} gen {s.gen_length}: {s.accuracy:6.2f}% ({s.correct}/{s.total})"
-        if s.task == "sudoku":
-            line += f" cells; puzzles solved {s.solved}/{s.items}"
-        print(f"{line}  [{s.items} items, {s.files} files]")
-    correct, total = sum(s.correct for s in scores), sum(s.total for s in scores)
-    print(f"accuracy: {100.0 * correct / total if total else 0.0:.2f}% ({correct}/{total})")
-
-
-# ----------------------------------------------------------------------------- tiny tasks
+    Left padding puts every prompt's last token right before the completion, as the sampler
+    needs. Positions stay 0..T-1 along the row, as in LLaDA's own batched generation."""
+    P = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_id] * (P - len(s)) + s for s in sequences])
+    attention = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in sequences])
+    return ids, attention
 
 
 @torch.no_grad()
+def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
+             remasking="low_confidence", generator=None, prompt="eval"):
+    """Ask the model every (task, example) of `items` and score the answers with the task.
+
+    prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
+    evaluation does) or "rl" (task.rl_prompt, nothing prefilled, as d1's rollouts). steps defaults
+    to gen_length / 2 (two tokens per step, d1's setting). Returns Completions."""
+    check_choice("prompt", prompt, ("eval", "rl"))
+    device = next(model.parameters()).device
+    prefixes = [task.eval_prefix if prompt == "eval" else "" for task, _ in items]
+    messages = [task.eval_prompt(ex) if prompt == "eval" else task.rl_prompt(ex) for task, ex in items]
+    prompt_ids, attention = left_pad([tok.chat(m) + tok.encode(p) for m, p in zip(messages, prefixes)],
+                                     tok.eos_id)  # (N, P)
+    prompt_ids, attention = prompt_ids.to(device), attention.to(device)
+    out = generate(model, prompt_ids, steps=steps or gen_length // 2, gen_length=gen_length,
+                   block_length=min(block_length, gen_length), temperature=temperature, remasking=remasking,
+                   attention_mask=attention, generator=generator)  # (N, P + C)
+    completion_ids = out[:, prompt_ids.size(1):]  # (N, C)
+
+    # Score every completion with its own task (a batch may mix tasks).
+    texts, rewards, correct, well_formed = [], [], [], []
+    for (task, ex), prefix, ids in zip(items, prefixes, completion_ids.tolist()):
+        text = prefix + end_of_turn(tok.decode(ids))
+        texts.append(text)
+        rewards.append(task.rewards(text, ex))
+        correct.append(task.correct(text, ex))
+        well_formed.append(task.format_ok(text) and stops_cleanly(tok, ids))
+    names = list(dict.fromkeys(name for r in rewards for name in r))  # tasks may name different rewards
+    parts = {name: torch.tensor([r.get(name, 0.0) for r in rewards], dtype=torch.float32) for name in names}
+    return Completions(prompt_ids, attention, completion_ids, texts, parts,
+                       torch.stack(list(parts.values())).sum(0), torch.tensor(correct, dtype=torch.float32),
+                       torch.tensor(well_formed))
+
+
+def stops_cleanly(tok, ids):
+    """The answer ends with <|eot_id|> or EOS and only EOS padding follows (what SFT teaches)."""
+    stops = [i for i, t in enumerate(ids) if t in (tok.eot_id, tok.eos_id)]
+    return bool(stops) and all(t in (tok.eos_id, tok.eot_id) for t in ids[stops[0]:])
+
+
+# -----------------------------------------------------------------------------
+# The tiny tasks: one checkpoint, or the table of four
+
+
 def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloat16"):
     """Greedy completions for `examples`, scored by task.correct and the format check.
 
@@ -127,26 +127,15 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloa
     model.eval()
     scores, well_formed = [], []
     for i in range(0, len(examples), batch_size):
-        batch = examples[i: i + batch_size]
-        prompt_ids, attention = left_pad([tok.chat(ex.prompt) for ex in batch], tok.eos_id)
         with autocast(device, dtype):
-            out = generate(model, prompt_ids.to(device), steps=gen_length // 2, gen_length=gen_length,
-                           block_length=min(32, gen_length), attention_mask=attention.to(device))
-        for ex, ids in zip(batch, out[:, prompt_ids.size(1):].tolist()):
-            text = answer_text(tok, ids)
-            scores.append(task.correct(text, ex))
-            well_formed.append(task.format_ok(text) and stops_cleanly(tok, ids))
+            done = complete(model, tok, [(task, ex) for ex in examples[i: i + batch_size]], gen_length)
+        scores += done.correct.tolist()
+        well_formed += done.well_formed.tolist()
     n = len(scores)
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
     return {"accuracy": 100 * mean, "stderr": 100 * math.sqrt(var / n), "n": n,
             "format": 100 * sum(well_formed) / n}
-
-
-def stops_cleanly(tok, ids):
-    """The answer ends with <|eot_id|> or EOS and only EOS padding follows (what SFT teaches)."""
-    stops = [i for i, t in enumerate(ids) if t in (tok.eot_id, tok.eos_id)]
-    return bool(stops) and all(t in (tok.eos_id, tok.eot_id) for t in ids[stops[0]:])
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
@@ -170,56 +159,148 @@ TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "check
               ("+diffu-GRPO", "checkpoints/tiny-grpo.pt"), ("d1 (SFT + diffu-GRPO)", "checkpoints/tiny-d1.pt"))
 
 
-def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto"):
+def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="bfloat16"):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
+    for _, path in TABLE_ROWS:
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path} is missing: train it first (README, 'The tiny d1 table')")
     tasks = [t.name for t in get_tiny_tasks(task_names)]
     columns = [(t, g) for t in tasks for g in gen_lengths]
     rows = []
     for name, path in tqdm(TABLE_ROWS, desc="table"):
-        if not Path(path).is_file():
-            raise SystemExit(f"{path} is missing: train it first (README, 'The tiny d1 table')")
-        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, quiet=True)
-        average = sum(results[c]["accuracy"] for c in columns) / len(columns)
-        rows.append((name, results, average))
+        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, quiet=True)
+        rows.append((name, results))
     header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
               + "|---" * (len(columns) + 2) + "|")
     print(f"\nTiny d1 table: accuracy % (standard error), greedy, steps = gen_length / 2, n = {n} per cell\n")
     print(header)
-    for name, results, average in rows:
+    for name, results in rows:
         cells = " | ".join(f"{results[c]['accuracy']:.1f} ({results[c]['stderr']:.1f})" for c in columns)
+        average = sum(results[c]["accuracy"] for c in columns) / len(columns)
         print(f"| {name} | {cells} | {average:.1f} |")
     print("\nFormat: % of completions well formed and stopping with EOS padding\n")
     print(header)
-    for name, results, _ in rows:
+    for name, results in rows:
         formats = [results[c]["format"] for c in columns]
         print(f"| {name} | " + " | ".join(f"{f:.1f}" for f in formats) + f" | {sum(formats) / len(formats):.1f} |")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    modes = parser.add_mutually_exclusive_group(required=True)
-    modes.add_argument("--rescore", nargs="+", metavar="FILE",
-                       help="d1 generation json files to score with d1's evaluation parsing")
-    modes.add_argument("--ckpt", help="a project checkpoint to evaluate on the tiny tasks")
-    modes.add_argument("--table", action="store_true", help="the tiny d1 table (four shipped checkpoints)")
-    parser.add_argument("--task", choices=sorted(TASKS), help="--rescore: override the task read from file names")
-    parser.add_argument("--tasks", default="all", help="tiny tasks, comma-separated, or all")
-    parser.add_argument("--gen_length", default="96,128", help="comma-separated generation lengths")
-    parser.add_argument("--n", type=int, default=None, help="test questions per task (default 256, as d1 for Countdown and Sudoku)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    gen_lengths = tuple(int(g) for g in args.gen_length.split(","))
+# -----------------------------------------------------------------------------
+# d1's published generations, rescored with d1's evaluation parsing
+
+
+@dataclass
+class Score:
+    """The pooled result of one task at one generation length."""
+    task: str
+    gen_length: int | None
+    correct: int  # d1's numerator: items right, or (Sudoku) empty cells right
+    total: int  # d1's denominator: items, or (Sudoku) empty cells
+    items: int
+    solved: int  # items entirely right (for Sudoku, puzzles with every empty cell right)
+    files: int
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / self.total if self.total else 0.0
+
+
+def task_of(path: Path) -> str:
+    """The task named at the start of a generation file's name, e.g. "math500_instruct_...json"."""
+    name = path.name.split("_")[0]
+    if name not in D1_TASKS:
+        raise ValueError(f"{path}: cannot tell the task from the file name; pass --task "
+                         f"(one of {', '.join(D1_TASKS)})")
+    return name
+
+
+def read_generations(path: Path) -> tuple[list[dict], int | None]:
+    """The records of one generation file, and its generation length (from the file, else its name)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        if args.rescore:
-            print_scores(rescore(args.rescore, args.task))
-        elif args.ckpt:
-            eval_checkpoint(args.ckpt, args.tasks, gen_lengths, args.n or 256, args.batch_size, args.device)
+        data = json.loads(path.read_text())
+        records = data["generations"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a d1 generation file ({type(e).__name__}: {e})") from None
+    gen_length = data.get("gen_length")
+    if gen_length is None and (m := re.search(r"_(\d+)_\d+_\d+_generations", path.name)):
+        gen_length = int(m.group(1))
+    return records, gen_length
+
+
+def rescore(files, task: str | None = None) -> list[Score]:
+    """Score generation files with d1's evaluation parsing: one Score per (task, gen length)."""
+    scores: dict[tuple, Score] = {}
+    for path in map(Path, files):
+        name = task or task_of(path)
+        records, gen_length = read_generations(path)
+        score = scores.setdefault((name, gen_length), Score(name, gen_length, 0, 0, 0, 0, 0))
+        score.files += 1
+        for i, record in enumerate(records):
+            try:
+                item = D1_TASKS[name].from_generation(record)
+                correct, total = D1_TASKS[name].correct_counts(record["generations"], item)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: record {i}: {type(e).__name__}: {e}") from None
+            score.correct += correct
+            score.total += total
+            score.items += 1
+            score.solved += correct == total
+    return list(scores.values())
+
+
+def print_scores(scores: list[Score]) -> None:
+    for s in scores:
+        line = f"{s.task:<9} gen {s.gen_length}: {s.accuracy:6.2f}% ({s.correct}/{s.total})"
+        if s.task == "sudoku":
+            line += f" cells; puzzles solved {s.solved}/{s.items}"
+        print(f"{line}  [{s.items} items, {s.files} files]")
+    correct, total = sum(s.correct for s in scores), sum(s.total for s in scores)
+    print(f"accuracy: {100.0 * correct / total if total else 0.0:.2f}% ({correct}/{total})")
+
+
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a checkpoint, print the tiny d1 table, or rescore d1's generation files."""
+
+    ckpt: str = ""  # mode 1: a project checkpoint to evaluate on the tiny tasks' test sets
+    table: bool = False  # mode 2: the tiny d1 table (the four shipped checkpoints)
+    rescore: tuple[str, ...] = ()  # mode 3: d1 generation .json files, scored with d1's evaluation parsing
+    task: str = ""  # --rescore: the task, when the file names do not tell it
+    tasks: str = "all"  # --ckpt/--table: tiny tasks, comma-separated, or all
+    gen_length: tuple[int, ...] = (96, 128)  # --ckpt/--table: generation lengths (<= 32, or multiples of 32)
+    n: int = 256  # --ckpt/--table: test questions per task (256, as d1 for Countdown and Sudoku)
+    batch_size: int = 64  # --ckpt/--table: questions decoded together
+    device: str = "auto"  # auto -> cuda, then mps, then cpu
+    dtype: str = "bfloat16"  # autocast dtype: bfloat16 or float32
+
+    def __post_init__(self):
+        modes = [name for name in ("ckpt", "table", "rescore") if getattr(self, name)]
+        if len(modes) != 1:
+            raise ConfigError("give exactly one of --ckpt=FILE, --table, --rescore FILE..."
+                              + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
+        if self.task:
+            check_choice("task", self.task, tuple(D1_TASKS))
+        if self.n < 1 or self.batch_size < 1:
+            raise ConfigError(f"--n={self.n} and --batch_size={self.batch_size} must be at least 1")
+        check_choice("dtype", self.dtype, ("bfloat16", "float32"))
+        for g in self.gen_length:
+            check_sampler(g, min(32, g), g // 2)
+
+
+def main(argv=None):
+    with one_line_errors("eval.py"):
+        cfg = cli(EvalConfig, sys.argv[1:] if argv is None else argv)
+        if cfg.rescore:
+            print_scores(rescore(cfg.rescore, cfg.task or None))
+        elif cfg.ckpt:
+            eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype)
         else:
-            print_table(args.tasks, gen_lengths, args.n or 256, args.batch_size, args.device)
-    except ValueError as e:  # CheckpointError, TaskError, unreadable generation files
-        raise SystemExit(f"error: {e}") from None
+            print_table(cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype)
 
 
 if __name__ == "__main__":

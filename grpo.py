@@ -1,8 +1,9 @@
 """
-diffu-GRPO (d1, Zhao et al. 2025, Algorithm 1): policy-gradient RL for a masked diffusion LM.
+Stage 3, diffu-GRPO (d1 paper, Sec. 3.2 and Algorithm 1): policy-gradient RL for a masked diffusion LM.
 
-    python train.py --stage grpo                       # from checkpoints/tiny-sft.pt, <= 10 min on CPU
+    python train.py --stage grpo                       # from checkpoints/tiny-sft.pt
     python train.py --stage grpo --init=checkpoints/tiny-base.pt --out_dir=out/grpo-from-base
+    python train.py --stage grpo --remasking=low_confidence         # d1's rollouts (deviation 5)
 
 GRPO needs log pi(o_k | q, o_<k) per token. An autoregressive model gives that in one forward
 pass; a diffusion model has no such factorisation. d1's answer, the one-step estimator: mask the
@@ -16,77 +17,110 @@ completion token's log-prob from its (masked) position (a mean-field estimate):
 The random prompt mask is a regulariser: each of the mu inner updates sees its own mask, so
 the policy cannot overfit one view of the prompt, and reusing a rollout mu times stays stable.
 
-Algorithm 1 as this file implements it (line numbers are the paper's):
-    3-4   sample a batch of questions; pi_old <- pi_theta                      (train.py loop)
-    5     G completions per question with the diffusion sampler               rollout()
-    6     rewards r_i, advantages A_i = r_i - mean(r)                          group_advantages()
-    7     for j in 1..mu:  (inner updates, each with prompt mask j)           train.py loop
-    8        log-probs of pi_theta, pi_old, pi_ref with the same mask j        sequence_logps()
-    9        maximise clipped surrogate - beta KL(pi_theta || pi_ref)          grpo_loss()
+train_grpo() at the bottom is Algorithm 1, top to bottom, with the paper's line numbers:
+    3-4   a batch of questions; pi_old <- pi_theta                   grpo_questions()
+    5     G completions per question with the diffusion sampler     eval.complete()
+    6     rewards r_i, advantages A_i = r_i - mean(r)                 group_advantages()
+    7     for j in 1..mu (inner updates, each with prompt mask j)    prompt_mask()
+    8        log-probs of pi_theta, pi_old, pi_ref with mask j        sequence_logps()
+    9        minimise the clipped surrogate + beta KL(pi_theta || pi_ref)   grpo_loss()
 
-Deviations from d1's official code (d1.md "diffu-GRPO, as the code runs it"), on purpose:
+Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
   1. The prompt mask of inner update j is drawn from a local torch.Generator seeded with
-     (seed of the rollout, j). The official code derives it from a step counter so that each
-     micro-batch sees only mu/2 distinct masks, and it reseeds the global RNGs.
+     (seed, step, j). The official code derives it from a step counter so that each micro-batch
+     sees only mu/2 distinct masks, and it reseeds the global RNGs.
   2. mu = 1 with beta > 0 works (it crashes in the official code).
   3. The loss is the pooled token mean over completion tokens up to and including the first EOS
      (as the official code runs it), not the per-sequence mean of the paper's equation.
-  4. Tiny-scale values for the sizes (group size, lengths, steps, lr): see GRPOConfig in
-     train.py, where each key says whether it is d1's value or the tiny one.
+  4. Tiny-scale values for the sizes (group size, lengths, steps, lr): see GRPOConfig below,
+     where each key says whether it is d1's value or the tiny one.
   5. The tiny run's rollouts commit their sampled tokens in a random order (remasking="random"),
      not most-confident first as d1's do. Low-confidence remasking keeps only tokens the model is
-     already sure of, so the tiny model's G completions came out identical in 63% of groups (zero
-     advantage, no signal) at temperature 0.9, and still 52% at 1.5; in random order every group
-     has a spread. Evaluation still decodes greedily, most-confident first, as d1's does.
-     --remasking=low_confidence gives d1's rollouts.
+     already sure of, so the tiny model's G completions often come out identical: a group with
+     equal rewards has zero advantage and teaches nothing (README, "Honest notes", has the
+     numbers). Evaluation still decodes greedily, most-confident first, as d1's does.
 """
 
+import copy
+import random
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from diffusion import generate
+from common import (FinetuneConfig, MetricsLog, autocast, check_choice, finish, init_model, make_optimizer,
+                    mix_seed, restore, save_run, set_lr, start_run)
+from diffusion import REMASKING, check_sampler
+from eval import complete
+from lora import adapters_off
+from plot import plot_rewards
+from tasks_tiny import get_tiny_tasks
+from tokenizer import Tokenizer
 
 
 @dataclass
-class Rollout:
-    """One generation round: N = (questions x G) completions, grouped G by G (same question)."""
+class GRPOConfig(FinetuneConfig):
+    """diffu-GRPO. Each key says whether it is d1's value or the tiny one."""
 
-    prompt_ids: torch.Tensor  # (N, P) left-padded with EOS
-    prompt_attention: torch.Tensor  # (N, P) 1 = real prompt token, 0 = left padding
-    completion_ids: torch.Tensor  # (N, C)
-    completion_mask: torch.Tensor  # (N, C) 1 for tokens up to and including the first EOS
-    texts: list  # N decoded completions (cut at the end of the answer)
-    rewards: torch.Tensor  # (N,) total reward
-    reward_parts: dict  # reward function name -> (N,) values
-    accuracy: torch.Tensor  # (N,) the task's evaluation check (1/0, Sudoku: share of cells right)
-    advantages: torch.Tensor  # (N,)
+    init: str = "checkpoints/tiny-sft.pt"  # d1 runs RL on the merged SFT model (or on the base)
+    out_dir: str = "out/grpo"  # ckpt.pt, metrics.jsonl and reward_curve.png go here
+    steps: int = 50  # tiny (d1: 3,800-7,700 steps on 8 A100s)
+    questions_per_step: int = 9  # tiny: 3 per task, so every step mixes the tasks alike (d1: 16, one task)
+    group_size: int = 6  # G, d1
+    gen_length: int = 96  # tiny: the longest SFT trace (Sudoku, 94 tokens with <|eot_id|>) fits (d1: 256)
+    block_length: int = 32  # d1
+    diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
+    temperature: float = 0.9  # d1
+    remasking: str = "random"  # tiny (d1: low_confidence): deviation 5 in this file's docstring
+    mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
+    p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used)
+    epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
+    beta: float = 0.04  # KL weight, d1
+    scale_rewards_by_std: bool = False  # d1 runs without std division (Dr. GRPO style)
+    lr: float = 2e-5  # tiny, full fine-tuning (d1: 3e-6 with LoRA)
+    grad_clip: float = 0.2  # d1
+    warmup_steps: int = 5  # d1: constant schedule with a short warmup
+    min_lr_ratio: float = 1.0  # constant after warmup, as d1
+    logp_chunk: int = 16  # rows per log-prob forward pass (bounds the (rows, T, V) logits in memory)
+    log_every: int = 1  # print and log a metrics line every N steps
+    sample_every: int = 10  # print the best and worst completion of a question every N steps
+    ckpt_every: int = 20  # write out_dir/ckpt.pt every N steps (and at the end)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.group_size < 2:
+            raise ValueError(f"--group_size={self.group_size}: GRPO needs at least 2 completions per question "
+                             "(advantages are rewards minus the group mean; a group of 1 has no signal)")
+        check_choice("remasking", self.remasking, REMASKING)
+        check_sampler(self.gen_length, self.block_length, self.diffusion_steps)
+        for key in ("questions_per_step", "mu", "logp_chunk"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"--{key}={getattr(self, key)}: must be at least 1")
 
 
-def left_pad(sequences, pad_id):
-    """Lists of ids -> (N, P) tensor left-padded with pad_id, and the (N, P) attention mask.
-
-    Left padding puts every prompt's last token right before the completion, as the sampler
-    needs. Positions stay 0..T-1 along the row (llada.md section 3)."""
-    P = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_id] * (P - len(s)) + s for s in sequences])
-    attention = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in sequences])
-    return ids, attention
+# -----------------------------------------------------------------------------
+# The pieces of Algorithm 1
 
 
-def completion_mask(completion_ids, eos_id):
-    """(N, C) 1.0 for each token up to and including the first EOS, 0 after it.
+def grpo_questions(step, cfg, pools):
+    """Lines 3-4: the questions of a step, a pure function of (seed, step); the tasks take turns.
 
-    A completion that never writes EOS counts every token."""
-    is_eos = completion_ids == eos_id  # (N, C)
-    after_first_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
-    return (~after_first_eos).float()
+    pools: [(task, its training examples)]. Returns [(task, example)]."""
+    rng = random.Random(mix_seed(cfg.seed, step))
+    picks = []
+    for i in range(cfg.questions_per_step):
+        task, examples = pools[(step * cfg.questions_per_step + i) % len(pools)]
+        picks.append((task, rng.choice(examples)))
+    return picks
 
 
 def group_advantages(rewards, group_size, scale_by_std=False):
-    """A_i = r_i - mean(r over the group) (Algorithm 1, line 6; no std division, as d1 runs it).
+    """Line 6: A_i = r_i - mean(r over the group) (no std division, as d1 runs it).
 
+    Rows are grouped G by G (the G completions of one question are consecutive):
         rewards  [ 1    0    0    1    0    0  |  0    0    0    0    0    1  ]   G = 6, two questions
         A        [2/3 -1/3 -1/3  2/3 -1/3 -1/3 | -1/6 -1/6 -1/6 -1/6 -1/6 5/6 ]
     A group whose rewards are all equal gets zero advantage: only the KL term moves it."""
@@ -97,62 +131,35 @@ def group_advantages(rewards, group_size, scale_by_std=False):
     return a.view(-1)  # (N,)
 
 
-@torch.no_grad()
-def rollout(model, tok, questions, group_size, gen_length, block_length, steps, temperature, generator,
-            remasking="low_confidence"):
-    """Algorithm 1, line 5: G completions for each question, scored by its task.
+def completion_mask(completion_ids, eos_id):
+    """(N, C) 1.0 for each token up to and including the first EOS, 0 after it: the tokens in the loss.
 
-    questions: list of (task, example). Completions of question q occupy rows q*G .. q*G+G-1:
-        row:  0  1  2  3  4  5 | 6  7  8  9 10 11 | ...
-        q:    0  0  0  0  0  0 | 1  1  1  1  1  1 | ..."""
-    prompts = [tok.chat(ex.prompt) for task, ex in questions for _ in range(group_size)]
-    prompt_ids, attention = left_pad(prompts, tok.eos_id)  # (N, P)
-    device = next(model.parameters()).device
-    prompt_ids, attention = prompt_ids.to(device), attention.to(device)
-    out = generate(model, prompt_ids, steps=steps, gen_length=gen_length, block_length=block_length,
-                   temperature=temperature, remasking=remasking, attention_mask=attention,
-                   generator=generator)  # (N, P + C)
-    completion_ids = out[:, prompt_ids.size(1):]  # (N, C)
-    texts = [answer_text(tok, row) for row in completion_ids.tolist()]
-    scored = [(task.reward(text, ex), task.correct(text, ex))
-              for (task, ex), text in zip((q for q in questions for _ in range(group_size)), texts)]
-    names = list(dict.fromkeys(name for r, _ in scored for name in r))  # tasks may differ (mixed runs)
-    parts = {name: torch.tensor([r.get(name, 0.0) for r, _ in scored], dtype=torch.float32) for name in names}
-    rewards = torch.stack(list(parts.values())).sum(0)  # (N,)
-    return Rollout(prompt_ids, attention, completion_ids, completion_mask(completion_ids, tok.eos_id),
-                   texts, rewards, parts, torch.tensor([c for _, c in scored], dtype=torch.float32),
-                   group_advantages(rewards, group_size))
+    A completion that never writes EOS counts every token."""
+    is_eos = completion_ids == eos_id  # (N, C)
+    after_first_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_first_eos).float()
 
 
-def answer_text(tok, ids):
-    """Decode a completion up to its end-of-turn (<|eot_id|>) or first EOS."""
-    for stop in (tok.eot_id, tok.eos_id):
-        if stop in ids:
-            ids = ids[: ids.index(stop)]
-    return tok.decode(ids)
+def prompt_mask(seed, step, j, shape, p_mask_prompt, device):
+    """The random prompt mask of inner update j: a pure function of (seed, step, j).
 
-
-def prompt_mask(inner_step, rollout_seed, shape, p_mask_prompt, device):
-    """The random prompt mask of inner update j: a pure function of (rollout seed, j).
-
-    The old-policy, reference and current log-probs of update j all use this same mask, so
-    their ratio compares like with like (deviation 1 in the module docstring)."""
-    g = torch.Generator().manual_seed(rollout_seed * 1000 + inner_step)
+    The old-policy, reference and current log-probs of update j all use this same mask, so their
+    ratio compares like with like (deviation 1)."""
+    g = torch.Generator().manual_seed(mix_seed(seed, step, j))
     return (torch.rand(shape, generator=g) < p_mask_prompt).to(device)  # (N, P) bool
 
 
-def sequence_logps(model, ro, is_prompt_masked, mask_id, rows=None):
-    """The one-step estimator: per-token log pi(o_k | masked prompt), all completion masked.
+def sequence_logps(model, ro, is_prompt_masked, mask_id, rows=slice(None)):
+    """Line 8, the one-step estimator: per-token log pi(o_k | masked prompt), all completion masked.
 
-    Returns (n, C) for the selected rows (all by default). Computing it in row chunks is the
-    caller's job (see chunked_logps) so a big batch's (N, T, V) logits never all exist at once."""
-    rows = slice(None) if rows is None else rows
+    ro: the rollout (eval.Completions). Returns (n, C) for the selected rows; callers take the rows
+    in chunks so a big batch's (N, T, V) logits never all exist at once."""
     prompt = torch.where(is_prompt_masked[rows], mask_id, ro.prompt_ids[rows])  # (n, P)
     completion = torch.full_like(ro.completion_ids[rows], mask_id)  # (n, C): every slot masked
     x = torch.cat([prompt, completion], dim=1)  # (n, P + C)
-    attention = torch.cat([ro.prompt_attention[rows], torch.ones_like(completion)], dim=1)
+    attention = torch.cat([ro.prompt_attention[rows], torch.ones_like(completion)], dim=1)  # (n, P + C)
     logits = model(x, attention)[:, prompt.size(1):]  # (n, C, V)
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)  # (n, C, V)
     return torch.gather(logp, -1, ro.completion_ids[rows][..., None]).squeeze(-1)  # (n, C)
 
 
@@ -165,7 +172,7 @@ def chunked_logps(model, ro, is_prompt_masked, mask_id, chunk_size):
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
-    """Algorithm 1, line 9, per token, summed over `mask` and divided by n_tokens (pooled mean).
+    """Line 9, per token, summed over `mask` and divided by n_tokens (the pooled mean, deviation 3).
 
       rho       = exp(logp - old_logp)
       surrogate = -min(rho A, clip(rho, 1 - eps, 1 + eps) A)      PPO's clipped objective
@@ -175,11 +182,127 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
     logp etc. (n, C); advantages (n,); mask (n, C). Returns (loss, stats dict of sums)."""
     ratio = torch.exp(logp - old_logp)  # (n, C)
     A = advantages[:, None]  # (n, 1)
-    unclipped, clipped = ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A
+    unclipped, clipped = ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A  # (n, C)
     surrogate = -torch.min(unclipped, clipped)  # (n, C)
-    delta = ref_logp - logp
+    delta = ref_logp - logp  # (n, C)
     kl = torch.exp(delta) - delta - 1  # (n, C)
     loss = ((surrogate + beta * kl) * mask).sum() / n_tokens
     was_clipped = (clipped < unclipped).float()  # the clip changed this token's objective
     stats = {"kl": (kl.detach() * mask).sum().item(), "clipped": (was_clipped * mask).sum().item()}
     return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# Algorithm 1
+
+
+def train_grpo(cfg: GRPOConfig):
+    device = start_run(cfg, "grpo")
+    tok = Tokenizer.tiny()
+    pools = [(task, task.examples("train")) for task in get_tiny_tasks(cfg.tasks)]
+    model = init_model(cfg, device)
+    # pi_ref, the KL anchor: the starting model. With LoRA that is the same model with its adapters
+    # off; otherwise a frozen copy. (adapters_off does nothing to a model without adapters.)
+    reference = model if cfg.lora_r > 0 else copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = make_optimizer(model, cfg)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the sampler's noise
+    start = restore(cfg, "grpo", model, optimizer, noise_gen) if cfg.resume else 0
+    metrics = MetricsLog(cfg.out_dir, cfg.resume)
+    mask_id, G, mu, chunk = model.config.mask_token_id, cfg.group_size, cfg.mu, cfg.logp_chunk
+
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", dynamic_ncols=True)
+    for step in bar:
+        lr = set_lr(optimizer, step, cfg)
+        seconds = {}
+
+        # Lines 3-5: a batch of questions, and G completions of each from the current policy.
+        tick = time.time()
+        model.eval()
+        questions = grpo_questions(step, cfg, pools)
+        with autocast(device, cfg.dtype):
+            ro = complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
+                          block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
+                          remasking=cfg.remasking, generator=noise_gen, prompt="rl")  # N = questions x G rows
+
+        # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
+        advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
+        loss_mask = completion_mask(ro.completion_ids, tok.eos_id)  # (N, C)
+        n_tokens = loss_mask.sum().clamp(min=1)
+        seconds["rollout"] = time.time() - tick
+
+        # Line 8, for every j at once: the old and reference log-probs don't change during the mu
+        # updates, so they are computed once, under each of the mu prompt masks.
+        tick = time.time()
+        masks = [prompt_mask(cfg.seed, step, j, ro.prompt_ids.shape, cfg.p_mask_prompt, device) for j in range(mu)]
+        with autocast(device, cfg.dtype):
+            old = [chunked_logps(model, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
+            with adapters_off(reference):
+                ref = [chunked_logps(reference, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
+        seconds["logps"] = time.time() - tick
+
+        # Lines 7-9: mu gradient steps on the same rollout, step j with prompt mask j. Rows go
+        # through the model `chunk` at a time and their gradients add up before the step.
+        tick = time.time()
+        model.train()
+        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+        for j in range(mu):
+            for i in range(0, ro.completion_ids.size(0), chunk):
+                rows = slice(i, i + chunk)
+                with autocast(device, cfg.dtype):
+                    logp = sequence_logps(model, ro, masks[j], mask_id, rows)  # (n, C)
+                loss, stats = grpo_loss(logp, old[j][rows], ref[j][rows], advantages[rows], loss_mask[rows],
+                                        cfg.epsilon, cfg.beta, n_tokens)
+                loss.backward()
+                sums["loss"] += loss.item()
+                sums["kl"] += stats["kl"]
+                sums["clipped"] += stats["clipped"]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        seconds["update"] = time.time() - tick
+
+        # Log, show the best and worst completion now and then, checkpoint.
+        done = step + 1
+        row = grpo_metrics(ro, G, mu, loss_mask, sums, seconds)
+        metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)
+        bar.set_postfix(reward=f"{row['reward']:.3f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            tqdm.write(grpo_log_line(done, row))
+        if cfg.sample_every and done % cfg.sample_every == 0:
+            print_best_and_worst(ro, G)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_run(cfg, "grpo", model, optimizer, done, noise_gen)
+    plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
+    finish(cfg, "grpo", model, optimizer, noise_gen, time.time() - t0)
+    return model
+
+
+def grpo_metrics(ro, G, mu, loss_mask, sums, seconds):
+    """The health metrics of one GRPO step (d1 logs the same ones)."""
+    n_tokens = loss_mask.sum().clamp(min=1).item()
+    group_std = ro.reward.view(-1, G).std(dim=1)  # (questions,)
+    row = {"reward": ro.reward.mean().item(), "reward_std": ro.reward.std().item(),
+           "accuracy": ro.correct.mean().item(), "zero_std_share": (group_std < 1e-6).float().mean().item(),
+           "kl": sums["kl"] / (n_tokens * mu), "clip_ratio": sums["clipped"] / (n_tokens * mu),
+           "loss": sums["loss"] / mu, "completion_length": loss_mask.sum(1).float().mean().item(),
+           **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
+    for name, values in ro.rewards.items():
+        row[f"reward/{name}"] = values.mean().item()
+        row[f"reward/{name}_std"] = values.std().item()
+    return row
+
+
+def grpo_log_line(step, row):
+    """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update."""
+    return (f"grpo step {step:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
+            f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
+            f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "
+            f"s {row['seconds_rollout']:.1f}+{row['seconds_logps']:.1f}+{row['seconds_update']:.1f}")
+
+
+def print_best_and_worst(ro, G):
+    """The best and worst completion of the first question of the step."""
+    r = ro.reward[:G]
+    best, worst = r.argmax().item(), r.argmin().item()
+    tqdm.write(f"  best  ({r[best]:.2f}): {ro.texts[best]!r}\n  worst ({r[worst]:.2f}): {ro.texts[worst]!r}")

@@ -8,13 +8,13 @@ model rather than an autoregressive one:
      position i (no shift by one as in GPT).
 Everything else is the familiar recipe: RMSNorm, rotary position embeddings (RoPE), SwiGLU MLP,
 no biases, an untied output head. The parameter names below are the official checkpoint's, so
-the same class runs a 3M-parameter classroom model and the 8B checkpoint (see llada.md).
+the same class runs a 3M-parameter classroom model and the 8B checkpoint (LLaDA paper, Nie et al.
+2025, arXiv 2502.09992: Sec. 2 and Table 5 give the architecture; the released config.json the sizes).
 
     from model import Config, Model
     model = Model(Config.preset("tiny")); model.init_weights()
     logits = model(input_ids)                      # (B, T, V)
-    model = Model.from_pretrained("LLaDA-8B-Instruct")   # official checkpoint folder (bf16)
-    model.save_pretrained("out/tiny-hf")           # config.json + model.safetensors, the same layout
+    model = load_pretrained("LLaDA-8B-Instruct")   # checkpoint.py: the official folder (bf16)
 
 Shape legend used in every file of this project:
     B batch, T sequence length, P prompt length, C completion length, G group size,
@@ -80,7 +80,7 @@ class Config:
     PRESETS = {
         # ~3.5M parameters: trains in minutes on a 2-core CPU (see README for numbers).
         "tiny": {},
-        # LLaDA-8B-Instruct (llada.md section 1): 8,015,581,184 parameters.
+        # LLaDA-8B-Instruct (its released config.json): 8,015,581,184 parameters.
         "llada-8b": dict(
             d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_hidden_size=12288,
             vocab_size=126464, embedding_size=126464, max_sequence_length=4096,
@@ -272,20 +272,6 @@ class Model(nn.Module):
     @property
     def transformer(self):
         return self.model.transformer
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=None, **config_overrides):
-        """Load a Hugging Face-format LLaDA directory (config.json + safetensors), e.g. the official
-        LLaDA-8B-Instruct. dtype None keeps the file's (bf16). See checkpoint.load_pretrained."""
-        from checkpoint import load_pretrained  # here, not at the top: checkpoint.py imports this file
-
-        return load_pretrained(path, device=device, dtype=dtype, **config_overrides)
-
-    def save_pretrained(self, directory, max_shard_size=5 * 10**9):
-        """Write config.json + model.safetensors (sharded past max_shard_size bytes), the official layout."""
-        from checkpoint import save_pretrained
-
-        save_pretrained(self, directory, max_shard_size=max_shard_size)
 
     @torch.no_grad()
     def init_weights(self, seed=None):

@@ -1,4 +1,4 @@
-"""
+r"""
 Chat with a LLaDA model and watch the answer being denoised, token by token.
 
     python sample.py --model=checkpoints/tiny-sft.pt --prompt="What is 2+3?"        # a project checkpoint
@@ -6,10 +6,10 @@ Chat with a LLaDA model and watch the answer being denoised, token by token.
     python sample.py --model=out/ckpt.pt --prompt="hi" --gen_length=64 --steps=64 --temperature=0.5
 
 --model is a Hugging Face-format LLaDA directory (config.json, safetensors, tokenizer.json) or a
-project .pt checkpoint (the tiny byte tokenizer); see checkpoint.load_any. The prompt goes through
-LLaDA's chat template. The sampler flags and their defaults are those of the reference chat script
-(llada.md section 5): gen_length 128, steps 128, block_length 32, temperature 0 (greedy), cfg_scale 0,
-remasking low_confidence. While it runs, the answer is shown filling in: ░ is a still-masked
+project .pt checkpoint (the tiny tokenizer); see checkpoint.load_any. The prompt goes through
+LLaDA's chat template (a typed \n in --prompt is a newline). The sampler keys and their defaults are
+those of LLaDA's released chat script: gen_length 128, steps 128, block_length 32, temperature 0
+(greedy), cfg_scale 0, remasking low_confidence; `python sample.py --help` lists them all. While it runs, the answer is shown filling in: ░ is a still-masked
 position, · an end-of-text token (answers are padded with them up to gen_length):
 
     [step   16/128] The answer is 5.░░░░░░░░·····░░░░░░░░░░░░░░░░░░░░░░░...
@@ -18,36 +18,49 @@ On a terminal the answer is redrawn in place every step; otherwise (a pipe, a lo
 printed every steps/8 steps. Then the final answer is printed, cut at the first end token.
 """
 
-import argparse
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 
 import torch
 
 from checkpoint import load_any
-from diffusion import generate
-from train import pick_device
+from common import ConfigError, check_choice, cli, one_line_errors, pick_device
+from diffusion import REMASKING, check_sampler, generate
+from tokenizer import end_of_turn
 
 MASK_SHOWN = "░"  # a position still masked
 END_SHOWN = "·"  # <|endoftext|> or <|eot_id|>: the answer has ended here
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Chat with a LLaDA model, showing the denoising.")
-    p.add_argument("--model", required=True, help="LLaDA directory (Hugging Face format) or project .pt")
-    p.add_argument("--prompt", required=True, help="the user message (the chat template is added)")
-    p.add_argument("--gen_length", type=int, default=128, help="answer length in tokens")
-    p.add_argument("--steps", type=int, default=128, help="denoising steps in all (a multiple of the blocks)")
-    p.add_argument("--block_length", type=int, default=32, help="tokens per semi-autoregressive block")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; >0: Gumbel sampling")
-    p.add_argument("--cfg_scale", type=float, default=0.0, help="classifier-free guidance (0: off)")
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto keeps the checkpoint's (bf16 for LLaDA-8B, fp32 for a project .pt)")
-    p.add_argument("--seed", type=int, default=0, help="for temperature > 0 or random remasking")
-    return p.parse_args(argv)
+@dataclass
+class SampleConfig:
+    """Chat with a LLaDA model, showing the denoising."""
+
+    model: str = ""  # a LLaDA folder (Hugging Face format) or a project .pt checkpoint
+    prompt: str = ""  # the user message (the chat template is added); write \n for a newline
+    gen_length: int = 128  # answer length in tokens
+    steps: int = 128  # denoising steps in all (a multiple of the number of blocks)
+    block_length: int = 32  # tokens per semi-autoregressive block
+    temperature: float = 0.0  # 0: greedy; > 0: Gumbel-max sampling
+    cfg_scale: float = 0.0  # classifier-free guidance (0: off)
+    remasking: str = "low_confidence"  # which tokens a step commits: low_confidence or random
+    device: str = "auto"  # auto -> cuda, then mps, then cpu
+    dtype: str = "auto"  # auto keeps the checkpoint's (bf16 for LLaDA-8B, fp32 for a project .pt)
+    seed: int = 0  # for temperature > 0 or random remasking
+
+    def __post_init__(self):
+        if not self.model:
+            raise ConfigError("--model is required: a LLaDA folder or a project .pt checkpoint")
+        if not self.prompt.strip():
+            raise ConfigError("--prompt is required and must not be blank")
+        self.prompt = self.prompt.replace("\\n", "\n")  # a typed \n is a newline
+        check_choice("remasking", self.remasking, REMASKING)
+        check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if self.temperature < 0 or self.cfg_scale < 0:
+            raise ConfigError(f"--temperature={self.temperature} and --cfg_scale={self.cfg_scale} must be >= 0")
+        check_sampler(self.gen_length, self.block_length, self.steps)
 
 
 def render(ids, tok):
@@ -63,12 +76,6 @@ def render(ids, tok):
         else:
             run.append(i)
     return "".join(shown) + tok.decode(run)
-
-
-def final_answer(ids, tok):
-    """The answer up to (not including) its first <|endoftext|> or <|eot_id|>."""
-    ends = [k for k, i in enumerate(ids) if i in (tok.eos_id, tok.eot_id)]
-    return render(ids[:ends[0]] if ends else ids, tok)
 
 
 def show_progress(tok, P, steps, out=None):
@@ -99,28 +106,25 @@ def show_progress(tok, P, steps, out=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    try:
-        model, tok = load_any(args.model, device, None if args.dtype == "auto" else args.dtype)
-    except (ValueError, OSError, ImportError) as e:  # CheckpointError is a ValueError
-        raise SystemExit(f"sample.py: cannot load {args.model}: {e}") from None
-    model.eval()
-    prompt = torch.tensor([tok.chat(args.prompt)], device=device)  # (1, P)
-    P = prompt.size(1)
-    dtype = next(model.parameters()).dtype
-    print(f"{args.model}: {model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}; "
-          f"prompt {P} tokens, answer {args.gen_length} tokens in {args.steps} steps")
-    try:
-        out = generate(model, prompt, steps=args.steps, gen_length=args.gen_length,
-                       block_length=args.block_length, temperature=args.temperature,
-                       cfg_scale=args.cfg_scale, remasking=args.remasking,
-                       on_step=show_progress(tok, P, args.steps))
-    except ValueError as e:  # a prompt past the model's context, gen_length not a multiple of blocks, ...
-        raise SystemExit(f"sample.py: {e} (the chat-templated prompt is {P} tokens, "
-                         f"gen_length {args.gen_length})") from None
-    print("\n" + final_answer(out[0, P:].tolist(), tok))
+    with one_line_errors("sample.py"):
+        cfg = cli(SampleConfig, sys.argv[1:] if argv is None else argv)
+        device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        model, tok = load_any(cfg.model, device, None if cfg.dtype == "auto" else cfg.dtype)
+        model.eval()
+        prompt = torch.tensor([tok.chat(cfg.prompt)], device=device)  # (1, P)
+        P = prompt.size(1)
+        if P + cfg.gen_length > model.config.max_sequence_length:
+            raise ConfigError(f"the chat-templated prompt is {P} tokens and gen_length {cfg.gen_length}: "
+                              f"{P + cfg.gen_length} exceeds the model's context of "
+                              f"{model.config.max_sequence_length} tokens")
+        dtype = next(model.parameters()).dtype
+        print(f"{cfg.model}: {model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}; "
+              f"prompt {P} tokens, answer {cfg.gen_length} tokens in {cfg.steps} steps")
+        out = generate(model, prompt, steps=cfg.steps, gen_length=cfg.gen_length, block_length=cfg.block_length,
+                       temperature=cfg.temperature, cfg_scale=cfg.cfg_scale, remasking=cfg.remasking,
+                       on_step=show_progress(tok, P, cfg.steps))
+        print("\n" + end_of_turn(tok.decode(out[0, P:])))
 
 
 if __name__ == "__main__":

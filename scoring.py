@@ -1,25 +1,27 @@
-"""
-d1's answer parsing and rewards' building blocks, written out: what tasks.py scores completions with.
+r"""
+d1's answer parsing and the rewards' building blocks, written out: what tasks_d1.py and tasks_tiny.py
+score completions with.
 
     from scoring import last_boxed, remove_boxed, math_equiv, safe_eval
-    remove_boxed(last_boxed(r"so \\boxed{\\frac12}."))  # '\\frac12'
-    math_equiv(r"\\frac12", "0.5")                       # True: the classic MATH normalisation
-    safe_eval("3*(5+7)")                                  # 36: our own parser, never eval()
+    remove_boxed(last_boxed(r"so \boxed{\frac12}."))  # r"\frac12"
+    math_equiv(r"\frac12", "0.5")                       # True: the classic MATH normalisation
+    safe_eval("3*(5+7)")                                # 36: our own parser, never eval()
 
-Two families live here, as in d1 (docs/d1.md):
+As in d1's released code (github.com/dllm-reasoning/d1):
 - the evaluation parsers (gsm8k_eval_answer, math_eval_answer, countdown_eval_equation,
-  sudoku_eval_answer) reproduce, detail by detail, the code behind the paper's Table 1 ("Evaluation
-  protocol"), so that the published LLaDA generations rescore to the paper's numbers to the hundredth;
-- the training-reward helpers (xml_answer, soft_format, strict_format, count_xml, countdown_correct,
-  sudoku_cells) that the RL rewards in tasks.py are built from ("Tasks, prompts and training rewards").
+  sudoku_eval_answer) reproduce, detail by detail, the code behind Table 1 of the d1 paper (Zhao et
+  al. 2025, arXiv 2504.12216, Sec. 4), so that the published LLaDA generations rescore to the paper's
+  numbers to the hundredth;
+- countdown_correct and sudoku_cells are the checks that d1's Countdown and Sudoku rewards are
+  built from (GSM8K's format rewards live in tasks_d1.py, next to the rewards that use them).
 
 Every function here runs in time linear in the text. d1 writes its scans as regexes; several of them
-(e.g. `<answer>(.*?)</answer>` on a million "<answer>" tags, `.*?(\\d{16})\\s*</answer>` on digits and
+(e.g. `<answer>(.*?)</answer>` on a million "<answer>" tags, `.*?(\d{16})\s*</answer>` on digits and
 blanks) backtrack quadratically, and a reward must return in well under a second whatever a model
 writes. So each such regex is replaced by a scan with the same result; the docstring names the regex
-and tests/test_tasks.py checks the two agree on random strings.
+and tests/test_scoring.py checks the two agree on random strings.
 
-Deviations from the official code (none changes a score on the published generations):
+Deviations from d1's released code (none changes a score on the published generations):
 1. Countdown expressions are computed by safe_eval, not eval(): numbers, + - * /, unary signs and
    parentheses only; "**" and "//" are invalid (eval() takes them, and "49**55**53" never finishes);
    at most 200 characters, 20 levels of nesting, |value| <= 1e12.
@@ -28,9 +30,7 @@ Deviations from the official code (none changes a score on the published generat
 """
 import re
 
-# The chat special tokens d1's Sudoku parser looks for (the same strings as in tokenizer.py).
-EOT = "<|eot_id|>"
-EOS = "<|endoftext|>"
+from tokenizer import EOS, EOT  # the end-of-turn tokens d1's Sudoku parser looks for
 
 _SPACE = re.compile(r"\s*")  # Python's \s: the same blanks as d1's regexes
 _NUMBER_IN_TEXT = re.compile(r"-?\d+\.?\d*")  # d1's "a number" in GSM8K answers
@@ -92,10 +92,10 @@ _BRACE = re.compile(r"[{}]")
 
 
 def last_boxed(text: str) -> str | None:
-    """The classic MATH-benchmark "last boxed" helper, in d1's variant (docs/d1.md).
+    r"""The classic MATH-benchmark "last boxed" helper, in the variant of d1's released code.
 
-    "\\boxed " (with a space) anywhere: "\\boxed " + what follows the last one, up to a "$".
-    Else from the last "\\boxed" (else the last "\\fbox") to its matching brace; None if the braces
+    "\boxed " (with a space) anywhere: "\boxed " + what follows the last one, up to a "$".
+    Else from the last "\boxed" (else the last "\fbox") to its matching brace; None if the braces
     never close. With neither, d1's variant returns the whole text (the classic returns None).
     """
     if "\\boxed " in text:
@@ -114,7 +114,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def remove_boxed(s: str) -> str:
-    """Strip a leading "\\boxed " or a "\\boxed{...}" wrapper; anything else comes back unchanged."""
+    r"""Strip a leading "\boxed " or a "\boxed{...}" wrapper; anything else comes back unchanged."""
     if s.startswith("\\boxed "):
         return s[len("\\boxed "):]
     if s.startswith("\\boxed{") and s.endswith("}"):
@@ -256,7 +256,7 @@ def countdown_correct(expr: str, numbers, target) -> bool:
 # ----------------------------------------------------------------------------- MATH normalisation
 
 def _fix_fracs(s: str) -> str:
-    """\\frac12 -> \\frac{1}{2}, \\frac1b -> \\frac{1}{b}; raises on a bare "\\frac" at the end."""
+    r"""\frac12 -> \frac{1}{2}, \frac1b -> \frac{1}{b}; raises on a bare "\frac" at the end."""
     head, *parts = s.split("\\frac")
     out = head
     for part in parts:
@@ -273,7 +273,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def _fix_a_slash_b(s: str) -> str:
-    """ "3/4" -> \\frac{3}{4} when both sides are integers written plainly; else unchanged."""
+    r""" "3/4" -> \frac{3}{4} when both sides are integers written plainly; else unchanged."""
     parts = s.split("/")
     if len(parts) != 2:
         return s
@@ -285,7 +285,7 @@ def _fix_a_slash_b(s: str) -> str:
 
 
 def _remove_right_units(s: str) -> str:
-    """Drop a trailing unit introduced by "\\text{ "; raises if there are two of them."""
+    r"""Drop a trailing unit introduced by "\text{ "; raises if there are two of them."""
     if "\\text{ " not in s:
         return s
     parts = s.split("\\text{ ")
@@ -295,13 +295,13 @@ def _remove_right_units(s: str) -> str:
 
 
 def _fix_sqrt(s: str) -> str:
-    """\\sqrt3 -> \\sqrt{3}; raises on a bare "\\sqrt" at the end."""
+    r"""\sqrt3 -> \sqrt{3}; raises on a bare "\sqrt" at the end."""
     head, *parts = s.split("\\sqrt")
     return head + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in parts)
 
 
 def normalize_math(s: str) -> str:
-    """The classic MATH-benchmark answer normalisation (docs/d1.md lists every step)."""
+    """The classic MATH-benchmark answer normalisation, step by step as in d1's released code."""
     for old, new in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
                      ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""),
                      ("\\$", "")):
@@ -334,7 +334,7 @@ def math_equiv(a: str | None, b: str | None) -> bool:
 # ----------------------------------------------------------------------------- evaluation parsers
 
 def _as_float(s: str, pick) -> float | None:
-    """float(s), else float(pick(the numbers in s)), else None (float() reads every digit \\d does)."""
+    r"""float(s), else float(pick(the numbers in s)), else None (float() reads every digit \d does)."""
     try:
         return float(s)
     except ValueError:
@@ -343,7 +343,7 @@ def _as_float(s: str, pick) -> float | None:
 
 
 def gsm8k_eval_answer(text: str) -> float | None:
-    """d1's GSM8K answer: the first usable \\boxed{...} content, else the first <answer> content."""
+    r"""d1's GSM8K answer: the first usable \boxed{...} content, else the first <answer> content."""
     # d1's regex is r"\\boxed{(.*?)}" without DOTALL: up to the first "}", on one line
     for content in tag_contents(text, "\\boxed{", "}", dotall=False):
         content = content.strip()
@@ -369,7 +369,7 @@ def math_eval_answer(text: str) -> str | None:
 
 
 def _equation_lhs(eq: str) -> str | None:
-    """The first `expr = number`'s expr: re.search(r"([0-9+\\-*/() ]+)=[0-9. ]+", eq).group(1).
+    r"""The first `expr = number`'s expr: re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", eq).group(1).
 
     A match can only be a whole maximal run of expression characters followed by "=" and a digit,
     dot or space; the regex retries every start inside a run (quadratic), this looks at each run once.
@@ -395,7 +395,7 @@ def countdown_eval_equation(text: str) -> str:
 
 
 def _fenced_digits(text: str) -> str | None:
-    """re.search(r"<answer>.*?```\\s*([\\d\\s]+)```", text, re.DOTALL).group(1), linear time."""
+    r"""re.search(r"<answer>.*?```\s*([\d\s]+)```", text, re.DOTALL).group(1), linear time."""
     i = text.find("<answer>")
     if i < 0:
         return None
@@ -411,7 +411,7 @@ def _fenced_digits(text: str) -> str | None:
 
 
 def _after_answer(text: str) -> str | None:
-    """re.search(r"</answer>\\s*(.*?)(?:<\\|eot_id\\|>|<\\|endoftext\\|>|$)", text, re.DOTALL)."""
+    r"""re.search(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", text, re.DOTALL)."""
     i = text.find("</answer>")
     if i < 0:
         return None
@@ -422,7 +422,7 @@ def _after_answer(text: str) -> str | None:
 
 
 def _digits_before_answer_end(text: str) -> str | None:
-    """re.search(r".*?(\\d{16})\\s*</answer>", text, re.DOTALL).group(1), linear time."""
+    r"""re.search(r".*?(\d{16})\s*</answer>", text, re.DOTALL).group(1), linear time."""
     pos = 0
     while (q := text.find("</answer>", pos)) >= 0:
         w = q
@@ -464,48 +464,10 @@ def sudoku_cells(answer: str, puzzle: str, solution: str) -> tuple[int, int]:
     return sum(answer[i] == solution[i] for i in empty), len(empty)
 
 
-# ----------------------------------------------------------------------------- training-reward helpers
-
-def xml_answer(text: str) -> str:
-    """d1's extract_xml_answer: after the last "<answer>", before the next "</answer>", stripped."""
-    return text.rpartition("<answer>")[2].partition("</answer>")[0].strip()
-
-
-def soft_format(text: str) -> bool:
-    """re.match(r"<reasoning>.*?</reasoning>\\s*<answer>.*?</answer>", text, re.DOTALL), linear."""
-    if not text.startswith("<reasoning>"):
-        return False
-    pos = len("<reasoning>")
-    while (q := text.find("</reasoning>", pos)) >= 0:
-        a = _SPACE.match(text, q + len("</reasoning>")).end()
-        if text.startswith("<answer>", a):  # the earliest such pair leaves the most room after it
-            return text.find("</answer>", a + len("<answer>")) >= 0
-        pos = q + 1
-    return False
-
-
-def strict_format(text: str) -> bool:
-    """re.match(r"^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$", text, DOTALL)."""
-    head, middle, tail = "<reasoning>\n", "\n</reasoning>\n<answer>\n", "\n</answer>\n"
-    m = text.find(middle, len(head)) if text.startswith(head) else -1
-    if m < 0:
-        return False
-    ends = [len(text) - len(tail)]  # "$": the very end, or before one final newline
-    if text.endswith("\n"):
-        ends.append(len(text) - 1 - len(tail))
-    return any(e >= m + len(middle) and text.startswith(tail, e) for e in ends)
-
-
-def count_xml(text: str) -> float:
-    """d1's XML tag count: 0.125 per tag found exactly once, minus 0.001 per trailing character.
-
-    The tags include their newlines, as in d1's system prompt. The trailing characters are those
-    after "\\n</answer>" and one newline. (The official code charges them twice, and charges the
-    whole completion when "</answer>" is not followed by a newline, as in a completion cut at EOS.)
-    """
-    tags = ("<reasoning>\n", "\n</reasoning>\n", "\n<answer>\n", "\n</answer>")
-    score = 0.125 * sum(text.count(tag) == 1 for tag in tags)
-    if text.count("\n</answer>") == 1:
-        trailing = text.rpartition("\n</answer>")[2]
-        score -= 0.001 * len(trailing.removeprefix("\n"))
-    return score
+def sudoku_share(answer: str | None, puzzle: str, solution: str) -> float:
+    """d1's Sudoku reward on the content of the answer tags: the share of the empty cells that its
+    digits (padded or cut to 16) fill right; 0.0 without an answer."""
+    if answer is None:
+        return 0.0
+    right, empty = sudoku_cells("".join(c for c in answer if c.isdigit()), puzzle, solution)
+    return right / empty if empty else 0.0

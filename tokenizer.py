@@ -1,15 +1,17 @@
 """
 The tokenizer: LLaDA's byte-level BPE run by tiktoken, its special tokens, and its chat template.
 
-    from tokenizer import Tokenizer, chat_prompt
-    tok = Tokenizer.tiny()                          # 256 bytes + LLaDA's 6 special tokens (the tiny model)
-    tok = Tokenizer.from_pretrained("LLaDA-8B-Instruct")  # a folder holding the official tokenizer.json
+    from tokenizer import Tokenizer, chat_prompt, end_of_turn
+    tok = Tokenizer.tiny()                          # the tiny model's: bytes, specials, 175 BPE merges
+    tok = Tokenizer.from_pretrained("LLaDA-8B-Instruct")  # a folder holding the released tokenizer.json
     ids = tok.chat("What is 2+3?")                  # == tok.encode(chat_prompt("What is 2+3?"))
     print(tok.decode(ids), tok.mask_id, tok.n_vocab)
+    end_of_turn("5</answer><|eot_id|><|endoftext|>")  # '5</answer>': the answer, cut at the turn's end
 
 One class, two sources of ranks:
-1. Tokenizer.tiny(): one token per byte (id i = byte i, no merges) and the special tokens at 256..261,
-   so n_vocab = 262. The tiny model trains from scratch, so it needs no learned vocabulary.
+1. Tokenizer.tiny(): the 256 bytes (id i = byte i), LLaDA's 6 special tokens at 256..261, then the
+   merges of a small byte-level BPE the project trained on the tiny tasks' text (tokenizer_tiny.bpe;
+   `python tasks_tiny.py --train-tokenizer` trains a new one): 256 + 6 + 175 = 437 ids.
 2. Tokenizer.from_pretrained(path): converts Hugging Face's tokenizer.json (the `tokenizers` format) into
    a tiktoken Encoding, so neither `tokenizers` nor `transformers` is needed. It refuses, with a
    ValueError naming the file and the offending entry, any file it cannot reproduce exactly.
@@ -27,8 +29,9 @@ from pathlib import Path
 
 import tiktoken
 
-# LLaDA's special tokens (docs: llada.md section 4). The tiny tokenizer gives them ids 256..261 in this
-# order; from_pretrained takes their ids from the file's added tokens, never from here.
+# LLaDA's special tokens, as in the tokenizer.json of the released LLaDA-8B-Instruct (LLaDA: Nie et al.
+# 2025, "Large Language Diffusion Models", arXiv 2502.09992). The tiny tokenizer gives them ids 256..261
+# in this order; from_pretrained takes their ids from the file's added tokens, never from here.
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"  # also the padding token: answers are padded with EOS up to the generation length
 MASK = "<|mdm_mask|>"  # the [M] of masked diffusion
@@ -42,6 +45,13 @@ def chat_prompt(message: str) -> str:
     """LLaDA's (Llama-3-style) chat template for one user turn, ready for the assistant's answer."""
     return (f"{BOS}{START_HEADER}user{END_HEADER}\n\n{message}{EOT}"
             f"{START_HEADER}assistant{END_HEADER}\n\n")
+
+
+def end_of_turn(text: str) -> str:
+    """The assistant's text up to its first <|eot_id|> or <|endoftext|>: what follows the chat
+    template's prompt, cut where the turn ends (the rest is EOS padding or noise)."""
+    ends = [i for i in (text.find(EOT), text.find(EOS)) if i >= 0]
+    return text[:min(ends)] if ends else text
 
 
 class Tokenizer:
@@ -127,15 +137,15 @@ class Tokenizer:
 
 
 # -----------------------------------------------------------------------------
-# The tiny tokenizer's BPE: trained by this file on the tiny tasks' text
+# The tiny tokenizer's BPE (tasks_tiny.train_tiny_tokenizer trains it on the tiny tasks' text)
 
-# LLaDA's pre-tokenizer pattern (llada.md section 4) in classes Python's `re` also understands, so
+# LLaDA's pre-tokenizer pattern (from its tokenizer.json) in classes Python's `re` also understands, so
 # training (Python) and encoding (tiktoken) cut text the same way: letters with one optional
 # leading symbol or space, single digits (arithmetic needs digits as separate tokens), runs of
 # symbols with trailing newlines, whitespace.
 TINY_PATTERN = r"""'(?:[sdmt]|ll|ve|re)|[^\r\n\w]?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 TINY_MERGES_FILE = Path(__file__).with_name("tokenizer_tiny.bpe")
-TINY_MERGES = 250  # 256 bytes + 6 special tokens + 250 merges = 512 ids (the tiny config's vocabulary)
+TINY_MERGES = 175  # 256 bytes + 6 special tokens + 175 merges = 437 ids (model.Config pads to 448 rows)
 
 
 def train_bpe(texts, n_merges, pattern=TINY_PATTERN) -> list[bytes]:
@@ -185,33 +195,18 @@ def read_merges(path) -> list[bytes]:
         raise ValueError(f"{path}: cannot read the tiny tokenizer's merges ({e})") from None
 
 
-def train_tiny_merges(n_texts=20_000):
-    """Train the tiny tokenizer's merges on the tiny tasks' pretraining text and SFT traces."""
-    import itertools
-    import random
-
-    import tasks
-
-    texts = list(itertools.islice(tasks.pretrain_corpus(seed=0), n_texts))
-    rng = random.Random(0)
-    for task in tasks.TINY_TASKS.values():
-        texts += [task.sft_response(ex, rng) for ex in task.examples("train", 2000)]
-    texts = [t for text in texts for t in re.split("|".join(map(re.escape, SPECIAL_TOKENS)), text)]
-    return train_bpe(texts, TINY_MERGES)
-
-
 # -----------------------------------------------------------------------------
 # Reading Hugging Face's tokenizer.json
 
 @functools.cache
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> character table used by byte-level BPE files.
+    r"""GPT-2's byte -> character table used by byte-level BPE files.
 
     BPE files store tokens as text, so every byte needs a visible character. The 188 printable bytes
     ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other 68 (control bytes, space, ...) get
-    chr(256), chr(257), ... in byte order, so space (32) is 'Ġ' = chr(288) and "\\n" is 'Ċ'. The dict's
+    chr(256), chr(257), ... in byte order, so space (32) is 'Ġ' = chr(288) and "\n" is 'Ċ'. The dict's
     order (printable first, then the rest) is "GPT-2 order": LLaDA's ids 0..255 follow it, which is
-    why space is id 220 and "\\n" id 198.
+    why space is id 220 and "\n" id 198.
     """
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
     others = [b for b in range(256) if b not in printable]
@@ -340,12 +335,3 @@ def _byte_ranks(vocab: dict[str, int], file: Path) -> dict[bytes, int]:
         raise ValueError(f"{file}: two vocab pieces share an id")
     return ranks
 
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] != ["--train-tiny"]:
-        raise SystemExit("usage: python tokenizer.py --train-tiny   (rewrites tokenizer_tiny.bpe)")
-    merges = train_tiny_merges()
-    write_merges(merges, TINY_MERGES_FILE)
-    print(f"wrote {len(merges)} merges to {TINY_MERGES_FILE}; e.g. {merges[:12]}")

@@ -1,20 +1,11 @@
-"""diffusion.py: forward process, losses by hand, the sampler's invariants, and the ELBO estimator."""
+"""diffusion.py: forward process, the loss by hand, the sampler's invariants, and the ELBO estimator."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion import (EPS, commit_plan, forward_process, generate, log_likelihood, pretrain_loss,
-                       sft_loss)
-from model import Config, Model
+from diffusion import EPS, check_sampler, commit_plan, diffusion_loss, forward_process, generate, log_likelihood
 
-MASK = 60
-
-
-def tiny_model(seed=0, **kw):
-    cfg = Config(**{**dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=64,
-                           embedding_size=64, max_sequence_length=128, mask_token_id=MASK), **kw})
-    return Model(cfg).init_weights(seed=seed).eval()
-
+MASK = 60  # the small model's [MASK] id (tests/conftest.py, SMALL)
 
 
 def test_forward_process_rate_and_floor():
@@ -29,37 +20,38 @@ def test_forward_process_rate_and_floor():
     assert (rate - p).abs().mean() < 0.05
 
 
-def test_pretrain_loss_equals_formula_by_hand():
+def test_loss_without_prompt_is_the_elbo_estimate_by_hand(tiny_model):
+    """Pretraining (every prompt length 0): sum(CE / p) / (B * T), over ALL slots."""
     model = tiny_model()
     x0 = torch.randint(0, 50, (3, 16))
-    loss = pretrain_loss(model, x0, MASK, generator=torch.Generator().manual_seed(5))
+    loss = diffusion_loss(model, x0, torch.zeros(3, dtype=torch.long), MASK,
+                          generator=torch.Generator().manual_seed(5))
     # Replay the same random draws and compute sum(CE / p) / (B * T) with plain torch ops.
     g = torch.Generator().manual_seed(5)
     t = torch.rand(3, 1, generator=g)
     p = (1 - EPS) * t + EPS
     masked = torch.rand(3, 16, generator=g) < p
+    assert masked.any() and not masked.all()
     logits = model(torch.where(masked, MASK, x0))
     ce = F.cross_entropy(logits.reshape(-1, 64), x0.reshape(-1), reduction="none").view(3, 16)
     expected = (ce * masked / p).sum() / (3 * 16)
     torch.testing.assert_close(loss, expected)
 
 
-def test_sft_loss_never_noises_prompt_and_normalises_by_answer_length():
+def test_loss_never_noises_prompt_and_normalises_by_answer_length(tiny_model, record_inputs):
     model = tiny_model()
     x0 = torch.randint(0, 50, (2, 12))
     prompt_lengths = torch.tensor([4, 7])
-    seen = []
-    original_forward = model.forward
-    model.forward = lambda ids, attention_mask=None: seen.append(ids.clone()) or original_forward(ids)
-    loss = sft_loss(model, x0, prompt_lengths, MASK, generator=torch.Generator().manual_seed(1))
-    xt = seen[0]
+    with record_inputs(model) as seen:
+        loss = diffusion_loss(model, x0, prompt_lengths, MASK, generator=torch.Generator().manual_seed(1))
+    [xt] = seen
     for row, P in enumerate(prompt_lengths.tolist()):
         assert torch.equal(xt[row, :P], x0[row, :P])  # prompt never masked
     g = torch.Generator().manual_seed(1)
     p = (1 - EPS) * torch.rand(2, 1, generator=g) + EPS
     masked = (torch.rand(2, 12, generator=g) < p) & (torch.arange(12)[None] >= prompt_lengths[:, None])
-    assert torch.equal(xt == MASK, masked)
-    ce = F.cross_entropy(original_forward(xt).reshape(-1, 64), x0.reshape(-1), reduction="none").view(2, 12)
+    assert torch.equal(xt == MASK, masked) and masked.any()
+    ce = F.cross_entropy(model(xt).reshape(-1, 64), x0.reshape(-1), reduction="none").view(2, 12)
     per_row = (ce * masked / p).sum(1) / torch.tensor([8.0, 5.0])  # answer lengths 12-4, 12-7
     torch.testing.assert_close(loss, per_row.mean())
 
@@ -74,7 +66,7 @@ def record_steps(model, prompt, **kw):
     return out, states
 
 
-def test_generate_invariants():
+def test_generate_invariants(tiny_model):
     model = tiny_model()
     prompt = torch.randint(0, 50, (3, 7))
     out, states = record_steps(model, prompt, steps=12, gen_length=24, block_length=8)
@@ -92,7 +84,7 @@ def test_generate_invariants():
         previous = x
 
 
-def test_generate_uneven_plan_and_left_padding():
+def test_generate_uneven_plan_and_left_padding(tiny_model):
     model = tiny_model()
     prompt = torch.randint(0, 50, (2, 6))
     attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
@@ -105,7 +97,7 @@ def test_generate_uneven_plan_and_left_padding():
     assert torch.equal(alone[0, 4:], out[0, 6:])
 
 
-def test_temperature_zero_is_deterministic_and_sampling_is_seeded():
+def test_temperature_zero_is_deterministic_and_sampling_is_seeded(tiny_model):
     model = tiny_model()
     prompt = torch.randint(0, 50, (2, 5))
     a = generate(model, prompt, steps=8, gen_length=16, block_length=8)
@@ -120,7 +112,7 @@ def test_temperature_zero_is_deterministic_and_sampling_is_seeded():
         assert not (out == MASK).any()
 
 
-def test_one_token_per_step_equals_plain_reference_loop():
+def test_one_token_per_step_equals_plain_reference_loop(tiny_model):
     """block_length = gen_length = steps: commit the single most confident masked token each step."""
     model = tiny_model(seed=2)
     prompt = torch.randint(0, 50, (2, 5))
@@ -137,7 +129,7 @@ def test_one_token_per_step_equals_plain_reference_loop():
         assert torch.equal(out[row], x)
 
 
-def test_classifier_free_guidance_runs_and_changes_output():
+def test_classifier_free_guidance_runs_and_changes_output(tiny_model):
     model = tiny_model(seed=4)
     prompt = torch.randint(0, 50, (2, 5))
     plain = generate(model, prompt, steps=8, gen_length=16, block_length=16)
@@ -146,23 +138,28 @@ def test_classifier_free_guidance_runs_and_changes_output():
     assert not torch.equal(plain, guided)
 
 
-def test_generate_rejects_bad_block_plans():
+def test_generate_rejects_bad_block_plans(tiny_model):
     model = tiny_model()
     prompt = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="multiple of block_length"):
         generate(model, prompt, steps=4, gen_length=10, block_length=4)
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
         generate(model, prompt, steps=3, gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="remasking='sideways'"):
+        generate(model, prompt, steps=4, gen_length=8, block_length=4, remasking="sideways")
+    with pytest.raises(ValueError, match="gen_length=8, block_length=0 and steps=4 must be >= 1"):
+        check_sampler(8, 0, 4)
+    check_sampler(96, 32, 48)  # three blocks of 16 steps: fine
 
 
-def test_log_likelihood_prefers_what_the_model_predicts():
+def test_log_likelihood_prefers_what_the_model_predicts(tiny_model):
     """A model trained to always answer [1, 2, 3] must score that answer above a random one."""
     torch.manual_seed(0)
     model = tiny_model(seed=0).train()
     prompt, good, bad = torch.tensor([5, 6, 7]), torch.tensor([1, 2, 3]), torch.tensor([9, 30, 44])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(60):
-        loss = sft_loss(model, torch.cat([prompt, good])[None].repeat(8, 1), torch.tensor([3] * 8), MASK)
+        loss = diffusion_loss(model, torch.cat([prompt, good])[None].repeat(8, 1), torch.tensor([3] * 8), MASK)
         loss.backward()
         opt.step()
         opt.zero_grad()

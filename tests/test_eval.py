@@ -1,35 +1,195 @@
-"""eval.py on the tiny tasks: the shipped checkpoints load and score, and the table prints both tables."""
+"""eval.py on the tiny tasks: complete() and evaluate() score a scripted model exactly; the shipped
+checkpoints load and score; the table prints both tables; the command line's one-line errors."""
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn as nn
 
 import eval as evaluation
+from checkpoint import CheckpointError
+from eval import complete, evaluate, left_pad, stops_cleanly
+from model import Config
+from tasks_tiny import TINY_TASKS, TinyArith
+from tokenizer import EOS, EOT, Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+GEN = 32  # generation length of every scripted answer
+
+
+class Scripted(nn.Module):
+    """A "model" that answers each known prompt with a scripted text: its logits put all the mass on
+    the script's token at every answer position, so the sampler writes exactly the script (EOS after it).
+
+    script: {chat-templated prompt ids (no padding): the answer text}. The answer is the last GEN
+    positions of the input; the prompt is what precedes it, less the left padding."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.tok = Tokenizer.tiny()
+        self.config = Config()  # the tiny tokenizer's ids: generate() reads the [MASK] id here
+        self.anchor = nn.Parameter(torch.zeros(()))  # complete() reads the device from the parameters
+        self.script = {tuple(prompt): self.tok.encode(text) for prompt, text in script.items()}
+
+    def forward(self, input_ids, attention_mask=None):
+        B, T = input_ids.shape
+        P = T - GEN
+        logits = torch.zeros(B, T, self.config.embedding_size)
+        for b in range(B):
+            real = slice(None) if attention_mask is None else attention_mask[b, :P].bool()
+            answer = self.script[tuple(input_ids[b, :P][real].tolist())]
+            answer = (answer + [self.tok.eos_id] * GEN)[:GEN]
+            logits[b, torch.arange(P, T), answer] = 100.0
+        return logits
+
+
+def scripted(task, examples, answers, prefix=""):
+    """A Scripted model answering task.eval_prompt(example) (chat template, then `prefix`) with answers."""
+    tok = Tokenizer.tiny()
+    return Scripted({tuple(tok.chat(task.eval_prompt(ex)) + tok.encode(prefix)): text
+                     for ex, text in zip(examples, answers)})
+
+
+def arith_answers(examples):
+    """Five scripted answers to five arith questions: right or wrong, well formed or not."""
+    a = [ex.answer for ex in examples]
+    return [f"<reasoning>{a[0]}={a[0]}</reasoning>\n<answer>{a[0]}</answer>{EOT}",  # right, well formed
+            f"<answer>{a[1]}</answer>{EOT}",  # right, no reasoning tags
+            f"<reasoning>{a[2]}</reasoning>\n<answer>{a[2] + 1}</answer>{EOT}",  # wrong, well formed
+            f"<reasoning>x</reasoning>\n<answer>{a[3]}</answer>{EOT}junk",  # right, writes on after its turn
+            f"no idea{EOS}"]  # wrong, no tags
+
+
+def test_complete_writes_and_scores_each_scripted_answer():
+    task, tok = TINY_TASKS["arith"], Tokenizer.tiny()
+    examples = task.examples("test", 5)
+    answers = arith_answers(examples)
+    done = complete(scripted(task, examples, answers), tok, [(task, ex) for ex in examples], GEN)
+    assert done.texts == [text.split(EOT)[0].split(EOS)[0] for text in answers]  # cut at the end of the turn
+    assert done.correct.tolist() == [1, 1, 0, 1, 0]
+    assert done.well_formed.tolist() == [True, False, True, False, False]  # 4th: junk after its end of turn
+    assert done.rewards["correct"].tolist() == [2, 2, 0, 2, 0] and done.rewards["format"].tolist() == [.5, 0, .5, .5, 0]
+    assert done.reward.tolist() == [2.5, 2, 0.5, 2.5, 0]
+    first = done.completion_ids[0].tolist()
+    n = len(tok.encode(answers[0]))
+    assert first[:n] == tok.encode(answers[0]) and set(first[n:]) == {tok.eos_id}
+    assert done.prompt_attention.sum(1).tolist() == [len(tok.chat(ex.prompt)) for ex in examples]
+
+
+def test_evaluate_gives_the_exact_accuracy_and_format_of_a_scripted_model():
+    task = TINY_TASKS["arith"]
+    examples = task.examples("test", 5)
+    model = scripted(task, examples, arith_answers(examples))
+    r = evaluate(model, Tokenizer.tiny(), task, examples, GEN, batch_size=2)  # batches of 2, 2 and 1
+    assert r["n"] == 5 and r["accuracy"] == pytest.approx(60.0) and r["format"] == pytest.approx(40.0)
+    # standard error of the mean of [1, 1, 0, 1, 0]: sqrt(var / n), var = (3 * 0.4^2 + 2 * 0.6^2) / 4
+    assert r["stderr"] == pytest.approx(100 * (0.3 / 5) ** 0.5)
+    right = scripted(task, examples, [f"<reasoning></reasoning>\n<answer>{ex.answer}</answer>{EOT}" for ex in examples])
+    assert evaluate(right, Tokenizer.tiny(), task, examples, GEN) == {"accuracy": 100.0, "stderr": 0.0, "n": 5,
+                                                                      "format": 100.0}
+
+
+def test_eval_prefix_is_prefilled_and_starts_the_scored_text():
+    class PrefilledArith(TinyArith):
+        eval_prefix = "<reasoning>"
+
+    task = PrefilledArith()
+    examples = task.examples("test", 2)
+    answers = [f"{ex.answer}</reasoning>\n<answer>{ex.answer}</answer>{EOT}" for ex in examples]
+    model = scripted(task, examples, answers, prefix="<reasoning>")
+    done = complete(model, Tokenizer.tiny(), [(task, ex) for ex in examples], GEN)
+    assert done.texts == [f"<reasoning>{ex.answer}</reasoning>\n<answer>{ex.answer}</answer>" for ex in examples]
+    assert done.correct.tolist() == [1, 1] and done.well_formed.tolist() == [True, True]
+    with pytest.raises(KeyError):  # the RL prompt has no prefix: the script does not know it
+        complete(model, Tokenizer.tiny(), [(task, ex) for ex in examples], GEN, prompt="rl")
+    with pytest.raises(ValueError, match="--prompt='train': expected one of eval, rl"):
+        complete(model, Tokenizer.tiny(), [(task, ex) for ex in examples], GEN, prompt="train")
+
+
+def test_left_pad_and_stops_cleanly():
+    ids, att = left_pad([[1, 2, 3], [4]], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and att.tolist() == [[1, 1, 1], [0, 0, 1]]
+    tok = Tokenizer.tiny()
+    E, T = tok.eos_id, tok.eot_id
+    assert stops_cleanly(tok, [5, T, E, E]) and stops_cleanly(tok, [5, E, E]) and stops_cleanly(tok, [5, T])
+    assert not stops_cleanly(tok, [5, 6, 7])  # never ends
+    assert not stops_cleanly(tok, [5, T, 6, E])  # writes on after the end of its turn
+
+
+# -- the shipped checkpoints and the table -------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["tiny-base", "tiny-sft", "tiny-grpo", "tiny-d1"])
 def test_shipped_checkpoints_load_and_score(name, capsys):
     path = ROOT / "checkpoints" / f"{name}.pt"
     assert path.stat().st_size <= 20 * 2**20  # the issue's size limit
-    results = evaluation.eval_checkpoint(path, "arith", gen_lengths=(32,), n=4, batch_size=4)
+    results = evaluation.eval_checkpoint(path, "arith", gen_lengths=(32,), n=4, batch_size=4, dtype="float32")
     r = results[("arith", 32)]
-    assert r["n"] == 4 and 0 <= r["accuracy"] <= 100 and 0 <= r["format"] <= 100
-    assert "arith gen_length=32: accuracy=" in capsys.readouterr().out
+    assert list(results) == [("arith", 32)] and r["n"] == 4
+    assert r["accuracy"] in (0, 25, 50, 75, 100) and r["format"] in (0, 25, 50, 75, 100)  # 4 items, 0 or 1 each
+    if name in ("tiny-sft", "tiny-d1"):
+        assert r["format"] >= 50  # SFT taught the format
+    assert capsys.readouterr().out == f"arith gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% n=4\n"
 
 
-def test_table_prints_accuracy_and_format_rows(monkeypatch, capsys):
+def fake_results(accuracy, fmt):
+    """eval_checkpoint's results for the columns (arith, 32) and (arith, 64)."""
+    return {("arith", g): {"accuracy": a, "stderr": a / 10, "n": 2, "format": f}
+            for g, a, f in zip((32, 64), accuracy, fmt)}
+
+
+def test_table_prints_accuracy_and_format_rows_with_averages(monkeypatch, capsys, tmp_path):
+    rows = (("base", tmp_path / "base.pt"), ("sft", tmp_path / "sft.pt"))
+    for _, path in rows:
+        path.touch()
+    results = {rows[0][1]: fake_results((50.0, 25.0), (100.0, 50.0)), rows[1][1]: fake_results((0.0, 12.5), (0.0, 0.0))}
+    monkeypatch.setattr(evaluation, "TABLE_ROWS", rows)
+    monkeypatch.setattr(evaluation, "eval_checkpoint", lambda path, *args, **kw: results[path])
+    evaluation.print_table("arith", gen_lengths=(32, 64), n=2)
+    accuracy, fmt = capsys.readouterr().out.split("Format:")
+    header = "| model | arith 32 | arith 64 | average |\n|---|---|---|---|"
+    assert header + "\n| base | 50.0 (5.0) | 25.0 (2.5) | 37.5 |\n| sft | 0.0 (0.0) | 12.5 (1.2) | 6.2 |" in accuracy
+    assert header + "\n| base | 100.0 | 50.0 | 75.0 |\n| sft | 0.0 | 0.0 | 0.0 |" in fmt
+
+
+def test_table_of_real_checkpoints_matches_eval_checkpoint(monkeypatch, capsys):
     rows = (("base", ROOT / "checkpoints/tiny-base.pt"), ("sft", ROOT / "checkpoints/tiny-sft.pt"))
     monkeypatch.setattr(evaluation, "TABLE_ROWS", rows)
     evaluation.print_table("sudoku", gen_lengths=(32,), n=2, batch_size=2)
-    out = capsys.readouterr().out
-    accuracy, fmt = out.split("Format:")
-    for table in (accuracy, fmt):
-        assert "| model | sudoku 32 | average |" in table
-        assert "| base | " in table and "| sft | " in table
+    accuracy, fmt = capsys.readouterr().out.split("Format:")
+    for name, path in rows:
+        r = evaluation.eval_checkpoint(path, "sudoku", gen_lengths=(32,), n=2, batch_size=2, quiet=True)[("sudoku", 32)]
+        cell = f"{r['accuracy']:.1f} ({r['stderr']:.1f})"
+        assert f"| {name} | {cell} | {r['accuracy']:.1f} |" in accuracy
+        assert f"| {name} | {r['format']:.1f} | {r['format']:.1f} |" in fmt
 
 
-def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path):
+def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path, user_error):
     monkeypatch.setattr(evaluation, "TABLE_ROWS", (("base", tmp_path / "nope.pt"),))
-    with pytest.raises(SystemExit, match="nope.pt is missing"):
+    with pytest.raises(CheckpointError, match="nope.pt is missing: train it first"):
         evaluation.print_table("arith", gen_lengths=(32,), n=2)
+    message = user_error(evaluation.main, ["--table", "--tasks=arith", "--gen_length=32"], "eval.py")
+    assert message == f"{tmp_path / 'nope.pt'} is missing: train it first (README, 'The tiny d1 table')"
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give exactly one of --ckpt=FILE, --table, --rescore FILE..."),
+    (["--ckpt=a.pt", "--table"], "give exactly one of --ckpt=FILE, --table, --rescore FILE... (got --ckpt, --table)"),
+    (["--table", "--gen_length=40"], "gen_length=40 must be a multiple of block_length=32"),
+    (["--rescore", "a.json", "--task=chess"], "--task='chess': expected one of gsm8k, math500, countdown, sudoku"),
+    (["--ckpt=a.pt", "--n=0"], "--n=0 and --batch_size=64 must be at least 1"),
+    (["--ckpt=nope.pt"], "checkpoint nope.pt does not exist"),
+    ([f"--ckpt={ROOT / 'checkpoints/tiny-sft.pt'}", "--tasks=chess"], "unknown task 'chess'"),
+])
+def test_command_line_errors_are_one_line(argv, message, user_error):
+    assert user_error(evaluation.main, argv, "eval.py").startswith(message)
+
+
+def test_command_line_evaluates_a_checkpoint(capsys):
+    evaluation.main(["--ckpt", str(ROOT / "checkpoints/tiny-d1.pt"), "--tasks=countdown", "--gen_length=32", "--n=2",
+                     "--dtype=float32"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("countdown gen_length=32: accuracy=") and lines[0].endswith(" n=2")

@@ -4,20 +4,17 @@ written-out softmax, and a training step with flex runs. Run on a GPU machine wi
 import pytest
 import torch
 
-from diffusion import pretrain_loss
-from model import Config, Model
+from diffusion import diffusion_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-
-def gpu_model(impl):
-    cfg = Config(d_model=256, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=512, vocab_size=512,
-                 embedding_size=512, max_sequence_length=512, mask_token_id=500, attn_impl=impl)
-    return Model(cfg).init_weights(seed=0).cuda()
+# The small model (tests/conftest.py) at GPU-sized widths: 4 heads of 64, 512 tokens of context.
+GPU_SIZES = dict(d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden_size=512, vocab_size=512, embedding_size=512,
+                 max_sequence_length=512, mask_token_id=500)
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_flex_forward_and_backward_match_eager_on_gpu(padded):
+def test_flex_forward_and_backward_match_eager_on_gpu(padded, tiny_model):
     torch.manual_seed(0)
     ids = torch.randint(0, 500, (4, 256), device="cuda")
     mask = torch.ones(4, 256, dtype=torch.long, device="cuda")
@@ -26,7 +23,7 @@ def test_flex_forward_and_backward_match_eager_on_gpu(padded):
         mask[3, :17] = 0
     results = {}
     for impl in ("eager", "sdpa", "flex"):
-        model = gpu_model(impl)
+        model = tiny_model(attn_impl=impl, **GPU_SIZES).cuda()
         logits = model(ids, mask if padded else None)
         (logits.float().square().mean()).backward()
         results[impl] = (logits.detach(), model.transformer.blocks[0].q_proj.weight.grad.clone())
@@ -36,14 +33,15 @@ def test_flex_forward_and_backward_match_eager_on_gpu(padded):
             assert rel < 1e-3, (impl, rel)  # TF32 / kernel differences on GPU, fp32 weights
 
 
-def test_flex_training_step_in_bf16():
-    model = gpu_model("flex")
+def test_flex_training_step_in_bf16(tiny_model):
+    model = tiny_model(attn_impl="flex", **GPU_SIZES).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 500, (8, 128), device="cuda")
     losses = []
     for _ in range(5):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = pretrain_loss(model, x, 500, generator=torch.Generator(device="cuda").manual_seed(0))
+            loss = diffusion_loss(model, x, torch.zeros(8, dtype=torch.long, device="cuda"), 500,
+                                  generator=torch.Generator(device="cuda").manual_seed(0))
         loss.backward()
         opt.step()
         opt.zero_grad()

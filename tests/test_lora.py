@@ -3,13 +3,6 @@ import pytest
 import torch
 
 from lora import LoRALinear, adapters_off, add_lora, lora_layers, merge_lora
-from model import Config, Model
-
-
-def small_model():
-    cfg = Config(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=48, vocab_size=40,
-                 embedding_size=40, max_sequence_length=32, mask_token_id=39)
-    return Model(cfg).init_weights(seed=0).eval()
 
 
 def randomise_adapters(model):
@@ -18,16 +11,16 @@ def randomise_adapters(model):
             layer.lora_B.normal_(0, 0.1)
 
 
-def test_zero_initialised_adapters_leave_outputs_unchanged():
-    model = small_model()
+def test_zero_initialised_adapters_leave_outputs_unchanged(tiny_model):
+    model = tiny_model()
     ids = torch.randint(0, 40, (2, 9))
     before = model(ids)
     add_lora(model, r=4, alpha=8)
     torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
 
 
-def test_only_adapter_parameters_require_grad_and_keys_stay_official():
-    model = add_lora(small_model(), targets=("q_proj", "v_proj"), r=4, alpha=8)
+def test_only_adapter_parameters_require_grad_and_keys_stay_official(tiny_model):
+    model = add_lora(tiny_model(), targets=("q_proj", "v_proj"), r=4, alpha=8)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"model.transformer.blocks.{i}.{m}.lora_{ab}" for i in range(2)
                          for m in ("q_proj", "v_proj") for ab in "AB"}
@@ -38,8 +31,8 @@ def test_only_adapter_parameters_require_grad_and_keys_stay_official():
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
-def test_switching_adapters_off_restores_base_outputs_exactly():
-    model = small_model()
+def test_switching_adapters_off_restores_base_outputs_exactly(tiny_model):
+    model = tiny_model()
     ids = torch.randint(0, 40, (2, 9))
     base = model(ids)
     add_lora(model, r=4, alpha=8)
@@ -51,8 +44,8 @@ def test_switching_adapters_off_restores_base_outputs_exactly():
     torch.testing.assert_close(model(ids), adapted, rtol=0, atol=0)  # back on afterwards
 
 
-def test_merged_equals_unmerged():
-    model = add_lora(small_model(), r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "attn_out",
+def test_merged_equals_unmerged(tiny_model):
+    model = add_lora(tiny_model(), r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "attn_out",
                                                            "ff_proj", "up_proj", "ff_out"))
     randomise_adapters(model)
     ids = torch.randint(0, 40, (2, 9))
@@ -61,13 +54,13 @@ def test_merged_equals_unmerged():
         merge_lora(model)
         merged = model(ids)
     assert not lora_layers(model)
-    assert set(model.state_dict()) == set(small_model().state_dict())  # plain official keys again
+    assert set(model.state_dict()) == set(tiny_model().state_dict())  # plain official keys again
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
 
 
-def test_unknown_target_is_refused():
+def test_unknown_target_is_refused(tiny_model):
     with pytest.raises(ValueError, match="unknown LoRA target"):
-        add_lora(small_model(), targets=("o_proj",))
+        add_lora(tiny_model(), targets=("o_proj",))
 
 
 def test_dropout_only_touches_the_adapter_branch():

@@ -9,9 +9,8 @@ from model import Config, Model, apply_rope, rope_tables
 LLADA_8B_PARAMS = 8_015_581_184
 
 
-def small_config(**kw):
-    return Config(**{**dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=96,
-                            vocab_size=64, embedding_size=64, max_sequence_length=64), **kw})
+# The small model (tests/conftest.py) made wider: 4 heads of 16, a context of 64 tokens.
+WIDE = dict(d_model=64, n_heads=4, n_kv_heads=4, mlp_hidden_size=96, max_sequence_length=64)
 
 
 def test_llada_8b_on_meta_device_has_official_keys_and_shapes(shared):
@@ -50,11 +49,11 @@ def test_config_refuses_unsupported_fields(tmp_path):
         Config.preset("llada-70b")
 
 
-def test_forward_matches_written_out_llada_math():
-    """The forward pass re-derived from llada.md section 3, op by op, in the test."""
+def test_forward_matches_written_out_llada_math(tiny_model):
+    """The forward pass re-derived from the LLaDA architecture (Llama-style, bidirectional), op by op, in the test."""
     torch.manual_seed(0)
-    cfg = small_config(attn_impl="eager")
-    model = Model(cfg).init_weights(seed=1)
+    model = tiny_model(seed=1, attn_impl="eager", **WIDE)
+    cfg = model.config
     with torch.no_grad():  # non-trivial norm weights so their placement is tested
         for name, p in model.named_parameters():
             if "norm" in name or "ln_f" in name:
@@ -95,9 +94,9 @@ def test_rope_is_a_rotation_that_preserves_norms_and_relative_positions():
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_three_attention_implementations_agree(padded):
+def test_three_attention_implementations_agree(padded, tiny_model):
     torch.manual_seed(0)
-    model = Model(small_config()).init_weights(seed=0)
+    model = tiny_model(**WIDE)
     ids = torch.randint(0, 64, (3, 24))
     mask = torch.ones(3, 24, dtype=torch.long)
     if padded:
@@ -114,11 +113,11 @@ def test_three_attention_implementations_agree(padded):
     assert torch.isfinite(logits["eager"]).all()  # padded query rows still produce numbers
 
 
-def test_padded_keys_are_ignored():
+def test_padded_keys_are_ignored(tiny_model):
     """Changing the token under a padded position must not change any real position's logits."""
     torch.manual_seed(0)
     for impl in ("eager", "sdpa"):
-        model = Model(small_config(attn_impl=impl)).init_weights(seed=0)
+        model = tiny_model(attn_impl=impl, **WIDE)
         ids = torch.randint(0, 64, (1, 12))
         mask = torch.ones(1, 12, dtype=torch.long)
         mask[0, :4] = 0
@@ -130,21 +129,20 @@ def test_padded_keys_are_ignored():
         assert not torch.allclose(model(ids)[:, 4:], model(other)[:, 4:])  # without the mask it matters
 
 
-def test_flex_refuses_training_on_cpu():
-    model = Model(small_config(attn_impl="flex")).init_weights(seed=0)
+def test_flex_refuses_training_on_cpu(tiny_model):
+    model = tiny_model(attn_impl="flex", **WIDE)
     with pytest.raises(RuntimeError, match="no backward pass on CPU"):
         model(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_too_long_input_is_refused_with_its_length():
-    model = Model(small_config()).init_weights(seed=0)
+def test_too_long_input_is_refused_with_its_length(tiny_model):
+    model = tiny_model(**WIDE)
     with pytest.raises(ValueError, match="length 65 exceeds the model's context of 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_init_is_seeded_and_norms_start_at_one():
-    a = Model(small_config()).init_weights(seed=3)
-    b = Model(small_config()).init_weights(seed=3)
+def test_init_is_seeded_and_norms_start_at_one(tiny_model):
+    a, b = tiny_model(seed=3), tiny_model(seed=3)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
     assert torch.all(a.transformer.ln_f.weight == 1)

@@ -1,17 +1,16 @@
 """Hugging Face-format LLaDA directories: load, save, reload, and a clear error for each broken one.
 
-The directories are written here by hand, from llada.md sections 1-2 (official key names and config
+The directories are written here by hand, from the official release's layout (official key names and config
 fields, safetensors files, an index with shard names of our choosing), not by save_pretrained, so
 the loader is tested against the format rather than against itself."""
 import json
 import sys
-from dataclasses import asdict
 
 import pytest
 import torch
 
 import checkpoint
-from checkpoint import CheckpointError, load_any, save_checkpoint
+from checkpoint import CheckpointError, load_any, load_pretrained, save_pretrained
 from model import Config, Model
 from tokenizer import BOS, EOS, EOT, END_HEADER, MASK, START_HEADER, Tokenizer, bytes_to_unicode
 
@@ -21,7 +20,7 @@ D, F, V, LAYERS = 64, 96, 128, 2
 
 
 def official_config(**changes):
-    """config.json as LLaDA-8B-Instruct has it (llada.md section 1), at a small size. Fields this
+    """config.json as LLaDA-8B-Instruct has it (its released config.json), at a small size. Fields this
     code does not use (alibi_bias_max, init_device, precision, ...) are there on purpose."""
     return {"activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
             "architectures": ["LLaDAModelLM"], "attention_dropout": 0.0, "attention_layer_norm": False,
@@ -36,7 +35,7 @@ def official_config(**changes):
 
 
 def official_weights(dtype=torch.bfloat16, seed=0):
-    """Random tensors under the official names and shapes (llada.md section 2's table)."""
+    """Random tensors under the official names and shapes (the official checkpoint's layout)."""
     shapes = {"model.transformer.wte.weight": (V, D), "model.transformer.ln_f.weight": (D,),
               "model.transformer.ff_out.weight": (V, D)}
     for i in range(LAYERS):
@@ -80,7 +79,7 @@ def logits(model, seed=0):
 @pytest.mark.parametrize("shards", [None, 3])
 def test_load_save_load_gives_identical_logits(tmp_path, dtype, shards):
     weights = official_weights(dtype)
-    model = Model.from_pretrained(write_dir(tmp_path / "official", weights, shards=shards))
+    model = load_pretrained(write_dir(tmp_path / "official", weights, shards=shards))
     assert model.config == Config.from_dict(official_config())
     loaded = model.state_dict()
     assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
@@ -88,8 +87,8 @@ def test_load_save_load_gives_identical_logits(tmp_path, dtype, shards):
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert all(p.requires_grad for p in model.parameters())  # trainable, as a freshly built model
 
-    model.save_pretrained(tmp_path / "saved")
-    again = Model.from_pretrained(tmp_path / "saved")
+    save_pretrained(model, tmp_path / "saved")
+    again = load_pretrained(tmp_path / "saved")
     assert torch.equal(logits(again), logits(model))
     assert logits(model).dtype == dtype and torch.isfinite(logits(model)).all()
 
@@ -98,17 +97,17 @@ def test_dtype_argument_converts_each_tensor(tmp_path):
     weights = official_weights(torch.bfloat16)
     path = write_dir(tmp_path, weights, shards=2)
     for dtype in (torch.float32, "float16"):
-        model = Model.from_pretrained(path, dtype=dtype)
+        model = load_pretrained(path, dtype=dtype)
         expected = torch.float16 if dtype == "float16" else dtype
         sd = model.state_dict()
         assert all(t.dtype == expected and torch.equal(t, weights[k].to(expected)) for k, t in sd.items())
     with pytest.raises(ValueError, match="dtype=torch.int8"):
-        Model.from_pretrained(path, dtype=torch.int8)
+        load_pretrained(path, dtype=torch.int8)
 
 
-def test_tiny_model_saved_this_way_reopens_identically(tmp_path):
-    model = Model(Config.preset("tiny")).init_weights(seed=0)
-    model.save_pretrained(tmp_path)
+def test_tiny_model_saved_this_way_reopens_identically(tmp_path, tiny_model):
+    model = tiny_model(tokenizer=True)
+    save_pretrained(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     written = json.loads((tmp_path / "config.json").read_text())
     for key in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "embedding_size", "mask_token_id",
@@ -118,7 +117,7 @@ def test_tiny_model_saved_this_way_reopens_identically(tmp_path):
     # The file itself: official key names, the model's dtype, nothing else.
     assert safetensors_torch.load_file(tmp_path / "model.safetensors").keys() == model.state_dict().keys()
 
-    again = Model.from_pretrained(tmp_path)
+    again = load_pretrained(tmp_path)
     assert again.config == model.config
     ids = torch.randint(0, 262, (2, 20))
     with torch.no_grad():
@@ -126,9 +125,9 @@ def test_tiny_model_saved_this_way_reopens_identically(tmp_path):
 
 
 def test_sharded_writing_and_stale_files(tmp_path):
-    model = Model.from_pretrained(write_dir(tmp_path / "official", official_weights()))
+    model = load_pretrained(write_dir(tmp_path / "official", official_weights()))
     out = tmp_path / "out"
-    model.save_pretrained(out, max_shard_size=20_000)  # ~10 kB to 16 kB tensors: several shards
+    save_pretrained(model, out, max_shard_size=20_000)  # ~10 kB to 16 kB tensors: several shards
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shard_names = set(index["weight_map"].values())
     assert len(shard_names) > 3 and index["weight_map"].keys() == model.state_dict().keys()
@@ -137,12 +136,12 @@ def test_sharded_writing_and_stale_files(tmp_path):
     for name in shard_names:  # each shard within the limit, unless it holds a single bigger tensor
         tensors = safetensors_torch.load_file(out / name)
         assert len(tensors) == 1 or sum(t.numel() * t.element_size() for t in tensors.values()) <= 20_000
-    assert torch.equal(logits(Model.from_pretrained(out)), logits(model))
+    assert torch.equal(logits(load_pretrained(out)), logits(model))
 
     # Saving unsharded into the same folder removes the old shards and index (the index would win).
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert torch.equal(logits(Model.from_pretrained(out)), logits(model))
+    assert torch.equal(logits(load_pretrained(out)), logits(model))
 
 
 # -----------------------------------------------------------------------------
@@ -207,7 +206,7 @@ BROKEN = ["no config.json", "no weights", "missing shard", "missing key", "unexp
 def test_broken_directory_gives_a_clear_error(tmp_path, how):
     path, message = break_dir(tmp_path, how)
     with pytest.raises(CheckpointError, match=message) as info:
-        Model.from_pretrained(path)
+        load_pretrained(path)
     assert isinstance(info.value, ValueError)
     error = info.value
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
@@ -216,7 +215,7 @@ def test_broken_directory_gives_a_clear_error(tmp_path, how):
 
 def test_mixed_dtypes_load_with_an_explicit_dtype(tmp_path):
     path, _ = break_dir(tmp_path, "mixed dtypes")
-    model = Model.from_pretrained(path, dtype=torch.bfloat16)
+    model = load_pretrained(path, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
@@ -237,7 +236,7 @@ def test_without_safetensors_the_message_says_how_to_install_it(tmp_path, monkey
     path = write_dir(tmp_path, official_weights())
     monkeypatch.setitem(sys.modules, "safetensors", None)  # makes `import safetensors` fail
     with pytest.raises(ImportError, match="pip install safetensors"):
-        Model.from_pretrained(path)
+        load_pretrained(path)
 
 
 # -----------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def write_tokenizer_json(path, special_ids):
     (path / "tokenizer.json").write_text(json.dumps(spec))
 
 
-def test_load_any_opens_both_formats_with_their_tokenizer(tmp_path):
+def test_load_any_opens_both_formats_with_their_tokenizer(tmp_path, tiny_model, tiny_checkpoint):
     # A 272-row model (room for 256 bytes + 6 special tokens) whose special ids are not the tiny ones.
     config = official_config(vocab_size=272, embedding_size=272, eos_token_id=263, pad_token_id=263,
                              mask_token_id=260)
@@ -269,17 +268,17 @@ def test_load_any_opens_both_formats_with_their_tokenizer(tmp_path):
     assert (tok.mask_id, tok.eos_id, tok.eot_id) == (260, 263, 256)  # from the file, not the tiny ids
     assert next(model.parameters()).dtype == torch.float32
 
-    tiny = Model(Config.preset("tiny")).init_weights(seed=0)
-    save_checkpoint({"model": tiny.state_dict(), "config": asdict(tiny.config), "stage": "pretrain"},
-                    tmp_path / "ckpt.pt")
-    model, tok = load_any(tmp_path / "ckpt.pt")
+    tiny = tiny_model(tokenizer=True)
+    model, tok = load_any(tiny_checkpoint("ckpt.pt", tiny))
     assert tok.mask_id == model.config.mask_token_id == 258 and torch.equal(logits(model), logits(tiny))
-    tiny.save_pretrained(tmp_path / "tiny-hf")  # no tokenizer.json: the tiny byte tokenizer fits
+    save_pretrained(tiny, tmp_path / "tiny-hf")  # no tokenizer.json: the tiny byte tokenizer fits
     model, tok = load_any(tmp_path / "tiny-hf", dtype=torch.bfloat16)
     assert tok.n_vocab == Tokenizer.tiny().n_vocab and next(model.parameters()).dtype == torch.bfloat16
 
 
 def test_load_any_refuses_a_tokenizer_that_does_not_fit(tmp_path):
     path = write_dir(tmp_path, official_weights())  # mask id 126: not the tiny tokenizer's 258
-    with pytest.raises(CheckpointError, match="tiny byte tokenizer .* does not fit the model"):
+    with pytest.raises(CheckpointError, match=r"the tiny tokenizer \(no tokenizer.json found\) does not fit the "
+                                              "model: mask/eos ids 258/257 and 437 ids, but the config has "
+                                              "126/125 and 128 rows"):
         load_any(path)

@@ -1,24 +1,20 @@
 """sample.py: runs a tiny random checkpoint end to end, shows progress, refuses a too-long prompt."""
 import io
-from dataclasses import asdict
 
 import pytest
 import torch
 
 import sample
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_pretrained
 from diffusion import generate
-from model import Config, Model
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, end_of_turn
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(path of a project checkpoint of a random tiny model, the model)."""
-    model = Model(Config.preset("tiny")).init_weights(seed=0).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint({"model": model.state_dict(), "config": asdict(model.config), "stage": "pretrain"}, path)
-    return path, model
+@pytest.fixture
+def tiny(tiny_checkpoint):
+    """(path of a project checkpoint of a small random model with the tiny tokenizer's vocabulary, the model)."""
+    path = tiny_checkpoint("tiny.pt")
+    return path, load_model(path)[0].eval()
 
 
 def test_prints_progress_then_the_answer(tiny, capsys):
@@ -35,13 +31,13 @@ def test_prints_progress_then_the_answer(tiny, capsys):
     tok = Tokenizer.tiny()
     prompt = torch.tensor([tok.chat("What is 2+3?")])
     ids = generate(model, prompt, steps=8, gen_length=16, block_length=8)[0, prompt.size(1):].tolist()
-    assert out.endswith("\n" + sample.final_answer(ids, tok) + "\n")
+    assert out.endswith("\n" + end_of_turn(tok.decode(ids)) + "\n")
 
 
 def test_runs_on_a_hugging_face_directory_too(tiny, tmp_path, capsys):
     _, model = tiny
-    model.save_pretrained(tmp_path)
-    sample.main([f"--model={tmp_path}", "--prompt=hi", "--gen_length=8", "--steps=4", "--block_length=8"])
+    save_pretrained(model, tmp_path / "hf")
+    sample.main([f"--model={tmp_path / 'hf'}", "--prompt=hi", "--gen_length=8", "--steps=4", "--block_length=8"])
     assert "[step    4/4]" in capsys.readouterr().out
 
 
@@ -49,24 +45,36 @@ def test_too_long_prompt_is_refused_with_its_length(tiny):
     path, _ = tiny
     long = "x " * 300  # 600 tokens and the template's > the tiny model's 256
     n = len(Tokenizer.tiny().chat(long))
-    with pytest.raises(SystemExit, match=rf"exceeds the model's context of 256 tokens .*prompt is {n} tokens"):
+    with pytest.raises(SystemExit, match=rf"^sample.py: error: the chat-templated prompt is {n} tokens and "
+                                         rf"gen_length 8: {n + 8} exceeds the model's context of 256 tokens$"):
         sample.main([f"--model={path}", f"--prompt={long}", "--gen_length=8", "--steps=8",
                      "--block_length=8"])
 
 
-def test_unloadable_model_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match="cannot load .*does not exist"):
-        sample.main([f"--model={tmp_path / 'nope.pt'}", "--prompt=hi"])
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt=hi"], "--model is required"),
+    (["--model=x.pt", "--prompt=  "], "--prompt is required and must not be blank"),
+    (["--model=x.pt", "--prompt=hi", "--dtype=int8"], "--dtype='int8': expected one of auto, float32"),
+    (["--model=x.pt", "--prompt=hi", "--temperature=-1"], "--temperature=-1.0 and --cfg_scale=0.0 must be >= 0"),
+    (["--model=x.pt", "--prompt=hi", "--steps=3"], "steps=3 must be a multiple of the number of blocks"),
+    (["--model=x.pt", "--prompt=hi", "--stepz=3"], "unknown key --stepz; did you mean --steps?"),
+    (["--model=nope.pt", "--prompt=hi"], "checkpoint nope.pt does not exist"),
+])
+def test_user_errors_are_one_line(argv, message, user_error):
+    assert user_error(sample.main, argv, "sample.py").startswith(message)
 
 
-def test_render_and_final_answer():
+def test_a_typed_backslash_n_is_a_newline():
+    assert sample.SampleConfig(model="m.pt", prompt=r"line 1\nline 2").prompt == "line 1\nline 2"
+
+
+def test_render():
     tok = Tokenizer.tiny()
     M, E, T = tok.mask_id, tok.eos_id, tok.eot_id
     e_acute = list("é".encode())  # two byte tokens: decoded together, not as two replacement chars
     ids = [72, 105, *e_acute, M, M, tok.n_vocab + 1, T, E, E]  # a padding row of the embedding, no token
     assert sample.render(ids, tok) == "Hié░░\ufffd···"
-    assert sample.final_answer(ids, tok) == "Hié░░\ufffd"
-    assert sample.final_answer([72, 105], tok) == "Hi"  # no end token: everything
+    assert sample.render([72, 105], tok) == "Hi"
 
 
 def test_terminal_progress_redraws_in_place():

@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import sft
-from diffusion import EPS, sft_loss
-from model import Config, Model
-from tasks import TINY_TASKS
+from diffusion import EPS, diffusion_loss
+from tasks_tiny import TINY_TASKS
 from tokenizer import Tokenizer
 
 
@@ -37,17 +36,14 @@ def test_batches_are_seeded_epochs_covering_every_example():
     assert torch.equal(x[:, 0], P)  # rows and their prompt lengths stay together
 
 
-def test_collated_batch_never_masks_a_prompt_token_and_scores_the_eos_padding():
+def test_collated_batch_never_masks_a_prompt_token_and_scores_the_eos_padding(tiny_model, record_inputs):
     tok = Tokenizer.tiny()
     examples = sft.sft_examples([TINY_TASKS["arith"]], 6, seed=0)
     ids, P = sft.encode_dataset(tok, examples, 96)
-    cfg = Config(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, mlp_hidden_size=64)
-    model = Model(cfg).init_weights(seed=0)
-    seen = []
-    forward = model.forward
-    model.forward = lambda x, attention_mask=None: seen.append(x.clone()) or forward(x)
-    loss = sft_loss(model, ids, P, tok.mask_id, generator=torch.Generator().manual_seed(3))
-    xt = seen[0]
+    model = tiny_model(tokenizer=True, n_layers=1)
+    with record_inputs(model) as seen:
+        loss = diffusion_loss(model, ids, P, tok.mask_id, generator=torch.Generator().manual_seed(3))
+    [xt] = seen
     is_prompt = torch.arange(96)[None] < P[:, None]
     assert not (xt[is_prompt] == tok.mask_id).any()  # the prompt is never masked
     masked = xt == tok.mask_id
@@ -55,7 +51,7 @@ def test_collated_batch_never_masks_a_prompt_token_and_scores_the_eos_padding():
     # the loss by hand: CE on masked positions / p, summed per row, / answer length, batch mean
     g = torch.Generator().manual_seed(3)
     p = (1 - EPS) * torch.rand(6, 1, generator=g) + EPS
-    ce = F.cross_entropy(forward(xt).transpose(1, 2), ids, reduction="none")
+    ce = F.cross_entropy(model(xt).transpose(1, 2), ids, reduction="none")
     expected = ((ce * masked / p).sum(1) / (96 - P).float()).mean()
     torch.testing.assert_close(loss, expected)
 

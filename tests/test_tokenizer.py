@@ -5,12 +5,12 @@ import unicodedata
 
 import pytest
 
-from tokenizer import (BOS, EOS, EOT, END_HEADER, MASK, START_HEADER, Tokenizer, bytes_to_unicode,
-                       chat_prompt,
-                       TINY_MERGES_FILE, read_merges, train_bpe, write_merges)
+from tokenizer import (BOS, EOS, EOT, END_HEADER, MASK, SPECIAL_TOKENS, START_HEADER, TINY_MERGES,
+                       TINY_MERGES_FILE, Tokenizer, bytes_to_unicode, chat_prompt, end_of_turn, read_merges,
+                       train_bpe, write_merges)
 from model import Config
 
-# LLaDA's pre-tokenizer regex, copied from docs/llada.md section 4.
+# LLaDA's pre-tokenizer regex, as in the released LLaDA-8B-Instruct's tokenizer.json (pre_tokenizer).
 LLADA_REGEX = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"
                r"|\s*[\r\n]|\s+(?!\S)|\s+")
 
@@ -180,8 +180,10 @@ def test_tiny_ids():
     assert tok is Tokenizer.tiny()  # cached
     assert [tok.bos_id, tok.eos_id, tok.mask_id, tok.start_header_id, tok.end_header_id,
             tok.eot_id] == list(range(256, 262))
-    assert tok.pad_id == tok.eos_id and tok.n_vocab == 262 + len(read_merges(TINY_MERGES_FILE))
-    assert tok.n_vocab <= Config.preset("tiny").vocab_size  # the tiny model has a row for every id
+    # 256 bytes + 6 special tokens + the shipped merges, padded to the tiny model's 448 embedding rows
+    assert len(read_merges(TINY_MERGES_FILE)) == TINY_MERGES == 175
+    assert tok.pad_id == tok.eos_id and tok.n_vocab == 256 + len(SPECIAL_TOKENS) + TINY_MERGES == 437
+    assert Config.preset("tiny").vocab_size == Config.preset("tiny").embedding_size == 448
 
 
 @pytest.mark.parametrize("text", ["hello world", "café Ω 中文 🙂", "  \t\n x", "a_b __x", "<reasoning>19+8=27"])
@@ -213,6 +215,13 @@ def test_merges_file_round_trip(tmp_path):
     (tmp_path / "bad.bpe").write_text("not base64 !!\n")
     with pytest.raises(ValueError, match="bad.bpe: cannot read the tiny tokenizer's merges"):
         read_merges(tmp_path / "bad.bpe")
+
+
+def test_end_of_turn():
+    assert end_of_turn("<answer>5</answer>" + EOT + EOS + EOS) == "<answer>5</answer>"
+    assert end_of_turn("a" + EOS + "b" + EOT) == "a"  # whichever comes first
+    assert end_of_turn("no end") == "no end" and end_of_turn(EOT) == ""
+    assert chat_prompt("hi").endswith("\n\n") and end_of_turn(chat_prompt("hi")).endswith("hi")
 
 
 def test_ids_past_the_vocabulary_decode_to_a_replacement_character():

@@ -1,0 +1,378 @@
+"""
+The plumbing every entry point shares: command-line configs, device and precision, the learning
+rate schedule and optimizer, seeds, run checkpoints (save and resume) and the metrics log.
+
+    from common import cli, pick_device, autocast
+    cfg = cli(SFTConfig, sys.argv[1:])      # --key=value overrides, type-checked; --help lists keys
+    device = pick_device(cfg.device)         # "auto" -> cuda, then mps, then cpu
+
+Nothing here knows about diffusion or GRPO: train.py's stages, eval.py, sample.py and bench.py all
+import this file, and it imports only the model, checkpoint and LoRA files.
+
+One command-line convention for every script. A config is a dataclass; each field is a key:
+
+    python train.py --stage grpo --mu=2 --lr 1e-5 --resume        # --key=value, --key value, --flag
+    python eval.py --rescore a.json b.json                        # a tuple field takes several values
+
+Values are converted to the field's type (int, float, str, bool, tuple) and checked; an unknown
+key is an error that suggests the nearest valid one; `--help` prints every key with its default
+and the comment written beside it in the dataclass.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import random
+import re
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from checkpoint import CheckpointError, check_same_config, load_checkpoint, load_model, save_checkpoint
+from lora import add_lora, lora_layers, merge_lora
+
+
+class ConfigError(ValueError):
+    """A bad key or value on the command line (or in a config): the message names it."""
+
+
+# -----------------------------------------------------------------------------
+# Command-line configs: one dataclass per script or stage
+
+
+def cli(cls, argv):
+    """Build the dataclass `cls` from argv. --help prints the keys and exits."""
+    if "--help" in argv or "-h" in argv:
+        print(config_help(cls))
+        raise SystemExit(0)
+    return parse_config(cls, argv)
+
+
+def parse_config(cls, argv):
+    """--key=value / --key value / --flag arguments -> cls(**values), every value type-checked."""
+    types = typing.get_type_hints(cls)
+    values, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: write --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if key not in types:
+            near = difflib.get_close_matches(key, types, n=1)
+            hint = f"did you mean --{near[0]}? " if near else ""
+            raise ConfigError(f"unknown key --{key}; {hint}valid keys: {', '.join(sorted(types))}")
+        if key in values:
+            raise ConfigError(f"--{key} is given twice")
+        if eq:
+            i += 1
+        elif types[key] is bool:  # a bare --flag
+            value, i = "true", i + 1
+        else:  # --key value (a tuple field takes every value up to the next --key)
+            taken = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                taken.append(argv[i + 1])
+                i += 1
+                if typing.get_origin(types[key]) is not tuple:
+                    break
+            if not taken:
+                raise ConfigError(f"--{key} needs a value")
+            value, i = ",".join(taken), i + 1
+        values[key] = convert(key, value, types[key])
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a check in the dataclass's __post_init__
+        raise ConfigError(str(e)) from None
+
+
+def convert(key, value, typ):
+    """The string `value` as `typ`: int, float, str, bool, tuple[float, float] or tuple[str, ...]."""
+    if typing.get_origin(typ) is tuple:
+        args = typing.get_args(typ)
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if args[-1] is not Ellipsis and len(items) != len(args):
+            raise ConfigError(f"--{key}={value!r}: expected {len(args)} comma-separated values")
+        return tuple(convert(key, v, args[0]) for v in items)
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+    else:
+        try:
+            result = typ(value)
+            if typ is not float or math.isfinite(result):
+                return result
+        except ValueError:
+            pass
+    raise ConfigError(f"--{key}={value!r}: expected {_type_name(typ)}")
+
+
+def _type_name(typ):
+    if typing.get_origin(typ) is tuple:
+        return "comma-separated " + _type_name(typing.get_args(typ)[0]) + " values"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, str(typ))
+
+
+def config_help(cls):
+    """Every key of cls with its default and the comment beside its field in the source."""
+    comments = {}
+    for klass in reversed(cls.__mro__):  # subclasses' comments override their bases'
+        if dataclasses.is_dataclass(klass):
+            for m in re.finditer(r"^\s+(\w+):[^=\n]+=[^#\n]*#\s*(.+)$", inspect.getsource(klass), re.M):
+                comments[m.group(1)] = m.group(2)
+    lines = [f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}", "keys (--key=value):"]
+    for f in fields(cls):
+        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        lines.append(f"  --{f.name}={default}".ljust(36) + f"  {comments.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def one_line_errors(program):
+    """Turn a user error into one line and exit status 1, never a traceback: a ValueError (a bad key
+    or value, an unusable checkpoint, task or data file; every error class of this project is one)
+    or an OSError (a path that cannot be read or written)."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{program}: error: {e}") from None
+
+
+def check_choice(key, value, choices):
+    """Raise ConfigError unless value is one of choices (names all of them)."""
+    if value not in choices:
+        raise ConfigError(f"--{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+# -----------------------------------------------------------------------------
+# The keys every training stage has, and those SFT and GRPO share
+
+
+@dataclass
+class RunConfig:
+    """Keys every training stage has."""
+
+    steps: int = 3000  # optimizer steps
+    out_dir: str = "out/run"  # ckpt.pt and metrics.jsonl go here
+    seed: int = 1337  # seeds the model init, the data order and every noise draw
+    device: str = "auto"  # auto -> cuda, then mps, then cpu
+    dtype: str = "bfloat16"  # autocast dtype: bfloat16 or float32 (bench.py: bf16 is faster on CPU too)
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 50  # linear warmup from 0
+    decay_steps: int = 0  # cosine decay length; 0 = steps (set it to continue a schedule longer)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio (1.0 = constant after warmup)
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW
+    grad_clip: float = 1.0  # max gradient norm
+    resume: bool = False  # continue out_dir/ckpt.pt exactly (model, optimizer, RNG, step)
+    log_every: int = 25  # print and log a metrics line every N steps
+    sample_every: int = 250  # decode a few samples every N steps (0 = never)
+    ckpt_every: int = 250  # write out_dir/ckpt.pt every N steps (and at the end)
+    export: str = ""  # also write a slim copy (weights + config, no optimizer) here at the end
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, ("bfloat16", "float32"))
+        for key in ("steps", "log_every", "ckpt_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key}={getattr(self, key)}: must be at least 1")
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """What SFT and GRPO share: a starting checkpoint, the tiny tasks, optional LoRA."""
+
+    init: str = "checkpoints/tiny-base.pt"  # the checkpoint to start from
+    tasks: str = "all"  # tiny tasks, comma-separated (countdown,sudoku,arith) or all
+    lora_r: int = 0  # 0 = full fine-tuning (the tiny default); d1 fine-tunes LLaDA-8B with LoRA r=128
+    lora_alpha: float = 16.0  # LoRA scale alpha / r
+    lora_dropout: float = 0.0  # dropout on the LoRA branch's input
+    lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # d1's RL targets (LLaDA names)
+    warmup_steps: int = 20  # linear warmup from 0
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW (d1)
+
+
+# -----------------------------------------------------------------------------
+# Device, precision, seeds
+
+
+def pick_device(name):
+    """"auto" -> cuda, then mps, then cpu; a named device is checked to exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device={name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name}: CUDA is not available on this machine; use --device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device={name}: MPS is not available on this machine; use --device=cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device={name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def autocast(device, dtype):
+    """bf16 autocast (weights stay fp32, matmuls run in bf16), or a no-op for float32."""
+    if dtype == "float32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def mix_seed(*parts):
+    """One integer seed from several (the run's seed, a step, an index ...): each part is folded in
+    as h * 1_000_003 + part, so (seed, step) pairs never collide for steps below a million."""
+    h = 0
+    for part in parts:
+        h = h * 1_000_003 + part
+    return h
+
+
+def rng_state(noise_gen):
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "noise": noise_gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state, noise_gen):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    noise_gen.set_state(state["noise"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -----------------------------------------------------------------------------
+# Optimizer and learning rate
+
+
+def make_optimizer(model, cfg):
+    """AdamW over the trainable parameters; weight decay on matrices only (not on norm weights)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
+
+
+def lr_at(step, cfg):
+    """Linear warmup, then cosine decay from lr to lr * min_lr_ratio over decay_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.decay_steps or cfg.steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer, step, cfg):
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+# -----------------------------------------------------------------------------
+# A run: start, the model to fine-tune, checkpoints, the metrics log
+
+
+def start_run(cfg, stage):
+    """Seed, pick the device, print the resolved config. Returns the device."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    print(f"stage {stage} on {device}; config:")
+    for k, v in asdict(cfg).items():
+        print(f"  {k} = {v!r}")
+    return device
+
+
+def init_model(cfg, device):
+    """Load the starting checkpoint (cfg.init), and wrap it with LoRA adapters if cfg.lora_r > 0."""
+    model, _ = load_model(cfg.init, device=device)
+    if cfg.lora_r > 0:
+        add_lora(model, targets=tuple(cfg.lora_targets.split(",")), r=cfg.lora_r, alpha=cfg.lora_alpha,
+                 dropout=cfg.lora_dropout, seed=cfg.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"model: {model.num_params():,} parameters, {trainable:,} trainable, from {cfg.init}")
+    return model
+
+
+def save_run(cfg, stage, model, optimizer, step, noise_gen, path=None, slim=False):
+    """Write a checkpoint atomically. "model" always holds plain official weights (LoRA merged in),
+    so eval.py and the next stage read it directly; resume state (optimizer, RNG, adapters) unless slim."""
+    weights = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
+    ckpt = {"model": weights, "config": asdict(model.config), "stage": stage, "train_config": asdict(cfg),
+            "step": step}
+    if not slim:
+        ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
+        if lora_layers(model):
+            ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
+
+
+def restore(cfg, stage, model, optimizer, noise_gen):
+    """--resume: load out_dir/ckpt.pt into model and optimizer. Returns the step to continue from.
+
+    The checkpoint must come from the same stage and the same model config; with LoRA, the base
+    weights are re-read from cfg.init and only the adapters come from the checkpoint."""
+    path = Path(cfg.out_dir) / "ckpt.pt"
+    ckpt = load_checkpoint(path)
+    if ckpt.get("stage") != stage:
+        raise CheckpointError(f"{path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path} has no optimizer state (a slim export?); cannot resume from it")
+    check_same_config(ckpt["config"], model.config, path)
+    if "lora_adapters" in ckpt:
+        model.load_state_dict(ckpt["lora_adapters"], strict=False)
+    else:
+        model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"], noise_gen)
+    print(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt["step"]
+
+
+def finish(cfg, stage, model, optimizer, noise_gen, seconds):
+    print(f"done: {cfg.steps} steps in {seconds:.0f}s; checkpoint {Path(cfg.out_dir) / 'ckpt.pt'}")
+    if cfg.export:
+        save_run(cfg, stage, model, optimizer, cfg.steps, noise_gen, path=cfg.export, slim=True)
+        print(f"exported the weights (no optimizer state) to {cfg.export}")
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl: one JSON object per logged step.
+
+    Nothing is written until the first row, so a run that fails before its first step leaves an
+    earlier log as it was. A resumed run appends; a fresh run first renames an existing log to
+    metrics.jsonl.1 (then .2, ...), so no log is ever truncated."""
+
+    def __init__(self, out_dir, resume):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.append = resume
+
+    def write(self, **row):
+        if not self.append:
+            self._set_aside_old_log()
+            self.append = True
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _set_aside_old_log(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            n = 1
+            while self.path.with_name(f"{self.path.name}.{n}").exists():
+                n += 1
+            self.path.rename(self.path.with_name(f"{self.path.name}.{n}"))

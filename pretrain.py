@@ -1,0 +1,145 @@
+"""
+Stage 1, pretraining: a tiny LLaDA-style model learns the tiny tasks' text from scratch.
+
+    python train.py --stage pretrain                          # 3,000 steps (README: time on a 2-core CPU)
+    python train.py --stage pretrain --steps=200 --out_dir=out/quick      # a quick look
+    python train.py --stage pretrain --resume                 # continue out_dir/ckpt.pt exactly
+
+The loss is LLaDA's masked-diffusion loss (diffusion.diffusion_loss; LLaDA paper, Sec. 2.1): mask
+each token with a per-row probability p and score the masked ones with weight 1/p. The corpus
+(tasks_tiny.pretrain_corpus) plays the role of LLaDA-8B-Instruct's pretraining and instruction
+tuning in d1: background facts, worked problems, and chat-formatted questions with short answers.
+
+This file also holds the training loop that pretraining and SFT share (denoising_loop): the two
+stages differ only in their batches. Outputs, in out_dir:
+    ckpt.pt          model (official LLaDA key names), config, optimizer, step, RNG states
+    metrics.jsonl    one JSON object per logged step (stage, step, loss, lr, seconds, ...)
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from common import (MetricsLog, RunConfig, autocast, finish, make_optimizer, mix_seed, restore, save_run, set_lr,
+                    start_run)
+from diffusion import diffusion_loss
+from eval import complete
+from model import Config, Model
+from tasks_tiny import pretrain_corpus, sample_items
+from tokenizer import END_HEADER, Tokenizer
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Pretraining from scratch on the tiny tasks' text corpus (tasks_tiny.pretrain_corpus)."""
+
+    out_dir: str = "out/pretrain"  # ckpt.pt and metrics.jsonl go here
+    model: str = "tiny"  # a Config preset name (model.py)
+    batch_size: int = 32  # rows per step
+    seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
+
+
+def pack_rows(texts, tok, seq_len):
+    """Turn documents into rows of exactly seq_len tokens: ids (B, seq_len) and prompt lengths (B,).
+
+    Chat documents (chat_prompt(question) + answer) get a row of their own, padded with EOS as at
+    generation time, and their prompt is kept clean by the loss (prompt length > 0): that is the
+    instruction tuning of LLaDA-8B-Instruct, the model d1 starts from. Without it the model never
+    sees a clean question above a fully masked answer, which is exactly what sampling shows it.
+    Plain documents are packed together, separated by EOS, with prompt length 0."""
+    rows, prompt_lengths, row = [], [], []
+    for text in texts:
+        question, header, answer = text.rpartition(END_HEADER + "\n\n")
+        if header:  # a chat document: encode the prompt as the sampler will see it, then the answer
+            prompt = tok.encode(question + header)
+            rows.append((prompt + tok.encode(answer))[:seq_len])
+            prompt_lengths.append(len(prompt))
+            continue
+        # a plain document: append it to the current row, or start a new row if it does not fit
+        ids = tok.encode(text)[:seq_len]
+        if row and len(row) + 1 + len(ids) > seq_len:
+            rows.append(row)
+            prompt_lengths.append(0)
+            row = []
+        row = row + [tok.eos_id] + ids if row else ids
+    if row:
+        rows.append(row)
+        prompt_lengths.append(0)
+    ids = torch.tensor([r + [tok.eos_id] * (seq_len - len(r)) for r in rows])
+    return ids, torch.tensor(prompt_lengths)
+
+
+def pretrain_batch(step, cfg, tok):
+    """The batch of a step is a pure function of (seed, step): resuming needs no data state.
+    Returns ids (B, T) and prompt lengths (B,) (0 for plain text rows)."""
+    docs = iter(pretrain_corpus(seed=mix_seed(cfg.seed, step)))
+    ids, prompt_lengths = torch.empty(0, cfg.seq_len, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    while ids.size(0) < cfg.batch_size:
+        more, more_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
+        ids, prompt_lengths = torch.cat([ids, more]), torch.cat([prompt_lengths, more_lengths])
+    return ids[: cfg.batch_size], prompt_lengths[: cfg.batch_size]
+
+
+def train_pretrain(cfg: PretrainConfig):
+    device = start_run(cfg, "pretrain")
+    tok = Tokenizer.tiny()
+    model = Model(Config.preset(cfg.model)).init_weights(seed=cfg.seed).to(device)
+    print(f"model: {model.num_params():,} parameters (trained from scratch)")
+    return denoising_loop(cfg, "pretrain", model, tok, device, lambda step: pretrain_batch(step, cfg, tok))
+
+
+def denoising_loop(cfg, stage, model, tok, device, batch_at):
+    """The training loop of pretraining and SFT: they differ only in their batches.
+
+    batch_at(step) -> (x0 (B, T) clean rows, prompt lengths (B,)); the prompt of a row is never
+    masked (pretraining's plain rows have prompt length 0, so every token can be)."""
+    optimizer = make_optimizer(model, cfg)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the masking noise
+    start = restore(cfg, stage, model, optimizer, noise_gen) if cfg.resume else 0
+    metrics = MetricsLog(cfg.out_dir, cfg.resume)
+    mask_id = model.config.mask_token_id
+    samples = sample_items()  # a few test questions to decode now and then
+    model.train()
+
+    t0, tokens_seen = time.time(), 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True)
+    for step in bar:
+        # one optimizer step: a fresh batch, a fresh masking of it, the loss, the update
+        lr = set_lr(optimizer, step, cfg)
+        x0, prompt_lengths = (t.to(device) for t in batch_at(step))  # (B, T), (B,)
+        with autocast(device, cfg.dtype):
+            loss = diffusion_loss(model, x0, prompt_lengths, mask_id, generator=noise_gen)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += x0.numel()
+
+        # log, look at a few samples, checkpoint
+        done = step + 1
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            seconds = time.time() - t0
+            tqdm.write(f"{stage} step {done:5d} | loss {loss.item():.4f} | grad norm {grad_norm:.2f} | "
+                       f"lr {lr:.2e} | {tokens_seen / seconds:,.0f} tok/s | {seconds:6.1f}s")
+            metrics.write(stage=stage, step=done, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr,
+                          tokens_per_s=round(tokens_seen / seconds), seconds=round(seconds, 2))
+        if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            print_samples(model, tok, samples, device, cfg.dtype)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_run(cfg, stage, model, optimizer, done, noise_gen)
+    finish(cfg, stage, model, optimizer, noise_gen, time.time() - t0)
+    return model
+
+
+def print_samples(model, tok, samples, device, dtype, gen_length=64):
+    """Greedy answers to a few test questions: the quickest health check there is."""
+    was_training = model.training
+    model.eval()
+    with autocast(device, dtype):
+        done = complete(model, tok, samples, gen_length=gen_length, steps=gen_length // 2)
+    for (task, ex), text in zip(samples, done.texts):
+        tqdm.write(f"  sample: {task.eval_prompt(ex)!r} -> {text!r}")
+    model.train(was_training)

@@ -1,0 +1,43 @@
+"""pretrain.py: rows of the pretraining corpus (packed plain text, chat documents alone with a clean
+prompt), and batches that are a pure function of (seed, step)."""
+import torch
+
+from pretrain import PretrainConfig, pack_rows, pretrain_batch
+from tokenizer import END_HEADER, Tokenizer, chat_prompt
+
+
+def test_pack_rows_gives_chat_documents_their_own_padded_row_with_a_clean_prompt():
+    tok = Tokenizer.tiny()
+    rows, prompt_lengths = pack_rows(["1+1=2", "2+2=4", chat_prompt("q") + "a", "3+3=6"], tok, 48)
+    assert rows.shape == (2, 48)
+    assert rows[0][0] == tok.bos_id and rows[0][-1] == tok.eos_id  # the chat document, EOS-padded
+    assert rows[0][: len(tok.chat("q")) + 1].tolist() == tok.chat("q") + tok.encode("a")
+    plain = "1+1=2<|endoftext|>2+2=4<|endoftext|>3+3=6"  # plain documents packed around it
+    assert tok.decode(rows[1][: len(tok.encode(plain))].tolist()) == plain
+    assert prompt_lengths.tolist() == [len(tok.chat("q")), 0]  # the loss keeps chat prompts clean
+
+
+def test_pack_rows_starts_a_new_row_when_a_document_does_not_fit():
+    tok = Tokenizer.tiny()
+    docs = ["1+1=2 and 3+3=6", "4+4=8 and 5+5=10", "6+6=12"]
+    n = [len(tok.encode(d)) for d in docs]
+    seq_len = n[0] + 1 + n[1] - 1  # the first two do not fit together
+    rows, prompt_lengths = pack_rows(docs, tok, seq_len)
+    assert rows.shape == (2, seq_len) and prompt_lengths.tolist() == [0, 0]
+    assert rows[0].tolist() == tok.encode(docs[0]) + [tok.eos_id] * (seq_len - n[0])
+    assert rows[1][: n[1] + 1 + n[2]].tolist() == tok.encode(docs[1]) + [tok.eos_id] + tok.encode(docs[2])
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    tok = Tokenizer.tiny()
+    cfg = PretrainConfig(batch_size=6, seq_len=64)
+    ids, prompt_lengths = pretrain_batch(3, cfg, tok)
+    assert ids.shape == (6, 64) and prompt_lengths.shape == (6,) and ids.dtype == torch.long
+    again = pretrain_batch(3, cfg, tok)
+    assert torch.equal(ids, again[0]) and torch.equal(prompt_lengths, again[1])
+    assert not torch.equal(ids, pretrain_batch(4, cfg, tok)[0])
+    assert not torch.equal(ids, pretrain_batch(3, PretrainConfig(batch_size=6, seq_len=64, seed=1), tok)[0])
+    assert prompt_lengths.any()  # this batch has a chat row: its prompt ends with the assistant header
+    for row, P in zip(ids.tolist(), prompt_lengths.tolist()):
+        if P:
+            assert tok.decode(row[:P]).endswith(END_HEADER + "\n\n")

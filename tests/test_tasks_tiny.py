@@ -1,0 +1,187 @@
+"""tasks_tiny.py: the generated tiny tasks. Same data as the code the shipped checkpoints were trained
+with, disjoint splits, solvable puzzles, SFT traces that pass their own checks, rewards by hand."""
+import hashlib
+import itertools
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import scoring
+from tasks import TaskError
+from tasks_tiny import (TINY_TASKS, Example, TinyArith, TinyCountdown, TinySudoku, get_tiny_tasks,
+                        pretrain_corpus, sample_items, sudoku_grids, sudoku_solutions,
+                        train_tiny_tokenizer)
+from tokenizer import EOS, EOT, TINY_MERGES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- the same data as before
+
+def _digest(obj) -> str:
+    return hashlib.sha256(repr(obj).encode()).hexdigest()[:16]
+
+
+# Produced by the code before tasks.py was split (commit 2b1b145), which made the shipped checkpoints'
+# data: a change here changes every pretraining batch, SFT row and RL question.
+FIRST_PRETRAIN_TEXTS = ["1342\n4213\n2431\n3124", "8*1=8", "Sudoku: 2130401210203240\n2134431214233241"]
+DIGESTS = {"pretrain": "978019e0be980df9", "countdown": "d4693421ab5c1210", "sudoku": "1f72766026022547",
+           "arith": "13fd6af75fa36e82", "grids": "8216d19513a4a3f6"}
+
+
+def test_generators_reproduce_the_original_data():
+    assert list(itertools.islice(pretrain_corpus(seed=0), 3)) == FIRST_PRETRAIN_TEXTS
+    assert [task.eval_prompt(ex) for task, ex in sample_items()] == ["Numbers: [8, 8, 5]\nTarget: 4", "Sudoku: 0214043201202041",
+                                "Uma has 2 keys, buys 7, sells 3, buys 2. How many?"]
+    arith = TINY_TASKS["arith"]
+    assert arith.examples("train", 2) == [
+        Example("Ivy has 5 keys, sells 2, finds 6. How many?", 9, "5-2+6", numbers=(5,),
+                steps=(("-", 2), ("+", 6))),
+        Example("Sam has 9 toys, uses 3, gives 6. How many?", 0, "9-3-6", numbers=(9,),
+                steps=(("-", 3), ("-", 6)))]
+    first_traces = {  # the first two SFT traces of each task, rng = random.Random(0)
+        "arith": ["<reasoning>5-2=3\n3+6=9</reasoning>\n<answer>9</answer>",
+                  "<reasoning>9-3=6\n6-6=0</reasoning>\n<answer>0</answer>"],
+        "countdown": ["<reasoning>5*3=15, 15-8=7 yes</reasoning>\n<answer>5*3-8</answer>",
+                      "<reasoning>9+3=12, 12+6=18 no\n6-3=3, 9/3=3 yes</reasoning>\n<answer>9/(6-3)</answer>"],
+        "sudoku": ["<reasoning>0312213434211243\n4312213434211243</reasoning>\n<answer>4312213434211243</answer>",
+                   "<reasoning>1243431220340021\n1243431221343421</reasoning>\n<answer>1243431221343421</answer>"]}
+    digests = {"pretrain": _digest(list(itertools.islice(pretrain_corpus(seed=0), 2000))),
+               "grids": _digest(sudoku_grids())}
+    for name, task in TINY_TASKS.items():
+        train, test = task.examples("train", 500), task.examples("test", 100)
+        rng = random.Random(0)
+        traces = [task.sft_response(ex, rng) for ex in train]
+        assert traces[:2] == first_traces[name]
+        fields = [(ex.prompt, ex.answer, ex.key, ex.numbers, ex.steps, ex.puzzle) for ex in train + test]
+        digests[name] = _digest((fields, traces))
+    assert digests == DIGESTS
+
+
+# ----------------------------------------------------------------------------- splits and puzzles
+
+def test_same_seed_same_data_and_disjoint_splits():
+    for cls in (TinyArith, TinyCountdown, TinySudoku):
+        a, b, c = cls(seed=1), cls(seed=1), cls(seed=2)
+        train, test = a.examples("train", 1000), a.examples("test", 250)
+        assert train == b.examples("train", 1000) and test == b.examples("test", 250)
+        assert train[:100] == a.examples("train", 100)  # a longer list starts the same
+        assert train[:100] != c.examples("train", 100)
+        assert len({ex.key for ex in train}) == len(train)
+        assert not {ex.key for ex in train} & {ex.key for ex in test}
+    sudoku = TinySudoku()
+    assert len(sudoku_grids()) == 288 and len(set(sudoku_grids())) == 288
+    assert len(sudoku.grids["test"]) == 29
+    train_grids = {ex.answer for ex in sudoku.examples("train", 3000)}
+    assert not train_grids & {ex.answer for ex in sudoku.examples("test", 300)}
+
+
+def test_every_puzzle_is_solvable():
+    countdown = TinyCountdown()
+    for ex in countdown.examples("test", 200):
+        expr, _ = countdown.solution(ex, random.Random(0))
+        assert scoring.countdown_correct(expr, ex.numbers, ex.answer)
+        assert ex.prompt == f"Numbers: [{', '.join(map(str, ex.numbers))}]\nTarget: {ex.answer}"
+    for ex in TinySudoku(blanks=(4, 8)).examples("test", 200):
+        assert sudoku_solutions(ex.puzzle) == [ex.answer] and 4 <= ex.puzzle.count("0") <= 8
+    for ex in TinyArith().examples("test", 200):
+        value = ex.numbers[0]
+        for op, b in ex.steps:
+            value = {"+": value + b, "-": value - b, "*": value * b, "/": value / b}[op]
+        assert value == ex.answer and value >= 0
+
+
+@pytest.mark.parametrize("name, longest", [("arith", 100), ("countdown", 100), ("sudoku", 125)])
+def test_sft_and_direct_answers_pass_their_own_checks(name, longest):
+    task, rng = TINY_TASKS[name], random.Random(0)
+    responses = []
+    for ex in task.examples("train", 300):
+        for response in (task.sft_response(ex, rng), task.direct_response(ex)):
+            assert task.format_ok(response + EOT + EOS) and task.correct(response, ex) == 1.0, response
+            responses.append(response)
+        assert len(ex.prompt) <= 55
+        assert task.rl_prompt(ex) == task.eval_prompt(ex) == ex.prompt and task.eval_prefix == ""
+    assert max(map(len, responses)) <= longest
+    backtracked = sum(" no" in r for r in responses) / (len(responses) / 2)
+    assert 0.2 < backtracked < 0.4  # the default share of self-correcting traces is 0.3
+
+
+# ----------------------------------------------------------------------------- rewards
+
+def test_tiny_rewards_on_hand_written_completions():
+    arith = TinyArith()
+    ex = Example("Ann has 3 pens, buys 4, loses 2. How many?", 5, "3+4-2", numbers=(3,),
+                 steps=(("+", 4), ("-", 2)))
+    good = "<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>"
+    assert arith.rewards(good, ex) == {"correct": 2.0, "format": 0.5}
+    after_eot = good + EOT + "<answer>6</answer>"  # what follows the end of the turn is ignored
+    assert arith.rewards(after_eot, ex) == {"correct": 2.0, "format": 0.5}
+    assert arith.rewards(good.replace(">5<", ">6<"), ex) == {"correct": 0.0, "format": 0.5}
+    assert arith.rewards(good + " extra", ex) == {"correct": 2.0, "format": 0.0}
+    assert arith.rewards(good + "\n<answer>6</answer>", ex) == {"correct": 0.0, "format": 0.0}  # repeated
+    assert arith.rewards("<answer>5</answer>", ex) == {"correct": 2.0, "format": 0.0}  # no reasoning
+    assert arith.rewards("<reasoning>5</reasoning>\n<answer> 5.0 </answer>", ex)["correct"] == 0.0
+    assert arith.rewards("5", ex) == {"correct": 0.0, "format": 0.0}
+    assert arith.format_ok("<reasoning>a\nb\n</reasoning>\n<answer>5</answer>\n")  # multi-line, blank after
+    assert not arith.format_ok("<reasoning>a</reasoning><answer>5</answer>")  # the newline is required
+
+    countdown = TinyCountdown()
+    ex = Example("Numbers: [3, 5, 7]\nTarget: 22", 22, "[3, 5, 7]->22", numbers=(3, 5, 7))
+    right = "<reasoning></reasoning>\n<answer>7+3*5</answer>"
+    assert countdown.rewards(right, ex) == {"correct": 1.0, "format": 0.0}
+    assert countdown.rewards("<answer>(7+3)*5</answer>", ex) == {"correct": 0.0, "format": 0.1}
+    assert countdown.rewards("<answer>7+3*5=22</answer>", ex) == {"correct": 0.0, "format": 0.1}
+    assert countdown.rewards("7+3*5", ex) == {"correct": 0.0, "format": 0.0}
+
+    sudoku = TinySudoku()
+    puzzle = "1204340021034021"
+    ex = Example(f"Sudoku: {puzzle}", "1234341221434321", puzzle, puzzle=puzzle)
+    assert sudoku.rewards("<answer>1234341221434321</answer>", ex) == {"correct": 1.0}
+    assert sudoku.rewards("<answer>1234 3412 2100 4321</answer>", ex) == {"correct": 0.8}
+    assert sudoku.rewards("<answer></answer>", ex) == {"correct": 0.0}
+
+
+# ----------------------------------------------------------------------------- the pretraining corpus
+
+def test_pretrain_corpus():
+    a, b = pretrain_corpus(seed=3), pretrain_corpus(seed=3)
+    texts = [next(a) for _ in range(600)]
+    assert texts == [next(b) for _ in range(600)]
+    chats = [t for t in texts if t.endswith(EOT + EOS)]
+    assert 50 < len(chats) < 150 and all("<reasoning></reasoning>\n<answer>" in t for t in chats)
+    for name, question in (("sudoku", "Sudoku: "), ("countdown", "Numbers: "), ("arith", "How many?")):
+        answers = [t.split("<|end_header_id|>\n\n")[-1] for t in chats if question in t]
+        assert answers and all(TINY_TASKS[name].format_ok(a) for a in answers)
+    test_grids = set(TINY_TASKS["sudoku"].grids["test"])
+    test_countdown = {ex.prompt for ex in TINY_TASKS["countdown"].examples("test")}
+    for t in texts:
+        assert not test_grids & set(re.findall(r"\d{16}", t.replace("\n", "")))
+        assert not test_countdown & set(re.findall(r"Numbers: \[[\d, ]*\]\nTarget: \d+", t))
+    only = pretrain_corpus(seed=0, tasks=["sudoku"])
+    for t in (next(only) for _ in range(50)):
+        assert "Sudoku" in t or re.fullmatch(r"(\d{4}\n){3}\d{4}", t)
+
+
+def test_get_tiny_tasks():
+    assert get_tiny_tasks() == list(TINY_TASKS.values())
+    assert get_tiny_tasks(" sudoku,arith ") == [TINY_TASKS["sudoku"], TINY_TASKS["arith"]]
+    for bad in ("sudoku,chess", ",", ""):
+        with pytest.raises(TaskError, match="tiny tasks are: countdown, sudoku, arith"):
+            get_tiny_tasks(bad)
+
+
+# ----------------------------------------------------------------------------- the tiny tokenizer's training
+
+def test_train_tiny_tokenizer():
+    merges = train_tiny_tokenizer(n_texts=2000)
+    assert 50 < len(merges) <= TINY_MERGES and len(set(merges)) == len(merges)
+    assert b"<reasoning" in merges and not any(re.search(rb"\d\d|<\|", m) for m in merges)
+
+
+def test_command_line_without_the_flag_prints_usage():
+    run = subprocess.run([sys.executable, "tasks_tiny.py"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and "usage: python tasks_tiny.py --train-tokenizer" in run.stderr
