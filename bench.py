@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_pretrained, save_pretrained
-from common import autocast, cli, one_line_errors, pick_device
+from common import autocast, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import diffusion_loss, generate
 from model import Config, Model, eager_attention, flex_attention, make_flex_block_mask, sdpa_attention
 
@@ -36,6 +36,12 @@ class BenchConfig:
     batch_size: int = 32  # rows per training step
     seq_len: int = 128  # tokens per row
     memory: bool = False  # instead: the peak host memory of loading a Hugging Face-format checkpoint
+
+    def __post_init__(self):
+        check_choice("model", self.model, tuple(Config.PRESETS))
+        pick_device(self.device)
+        check_range(self, 1, None, "batch_size")
+        check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
 
 
 def timed(fn, device, min_seconds=1.0, warmup=2):

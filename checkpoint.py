@@ -57,14 +57,20 @@ def _write_atomic(path, write):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a project checkpoint, turning torch's deep errors into one clear message."""
+def check_checkpoint_path(path):
+    """The path of an existing project .pt file, or a CheckpointError that says what is there instead."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder, not a project .pt file (a Hugging Face-format "
                               "LLaDA folder is read by checkpoint.load_pretrained)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a project checkpoint, turning torch's deep errors into one clear message."""
+    path = check_checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated zip, garbage bytes, a pickle with foreign objects ...

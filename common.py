@@ -26,16 +26,20 @@ import difflib
 import inspect
 import json
 import math
+import os
 import random
 import re
+import time
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, check_same_config, load_checkpoint, load_model, save_checkpoint
-from lora import add_lora, lora_layers, merge_lora
+from checkpoint import (CheckpointError, check_checkpoint_path, check_same_config, load_checkpoint, load_model,
+                        save_checkpoint)
+from lora import LLADA_LINEARS, add_lora, lora_layers, merge_lora
+from tasks_tiny import get_tiny_tasks
 
 
 class ConfigError(ValueError):
@@ -146,10 +150,62 @@ def one_line_errors(program):
         raise SystemExit(f"{program}: error: {e}") from None
 
 
+@contextlib.contextmanager
+def report_what_was_kept(program, out_dir):
+    """Around a training run: a failure or Ctrl-C ends in one line that says what this run left in
+    out_dir (its last checkpoint, its metrics log). NANO_D1_DEBUG=1 shows the traceback instead."""
+    started = time.time()
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as e:
+        if os.environ.get("NANO_D1_DEBUG") == "1":
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            what = "interrupted"
+        elif isinstance(e, (ValueError, OSError)):  # a user error met inside the run (a bad checkpoint, ...)
+            what = f"error: {e}"
+        else:
+            what = f"error: {type(e).__name__}: {e} (NANO_D1_DEBUG=1 shows the traceback)"
+        raise SystemExit(f"{program}: {what}; {kept_files(out_dir, started)}") from None
+
+
+def kept_files(out_dir, since):
+    """"kept: out/grpo/ckpt.pt (written 12:03:11), out/grpo/metrics.jsonl (to step 44)": the files
+    of out_dir written since `since` (a time.time()), or that there are none."""
+    kept = []
+    ckpt, log = Path(out_dir) / "ckpt.pt", Path(out_dir) / "metrics.jsonl"
+    if ckpt.is_file() and ckpt.stat().st_mtime >= since:
+        kept.append(f"{ckpt} (written {time.strftime('%H:%M:%S', time.localtime(ckpt.stat().st_mtime))})")
+    if log.is_file() and log.stat().st_mtime >= since:
+        try:
+            step = json.loads(log.read_text().splitlines()[-1]).get("step")
+        except (ValueError, IndexError):  # a line cut short by the failure itself
+            step = "?"
+        kept.append(f"{log} (to step {step})")
+    return "kept: " + ", ".join(kept) if kept else f"this run wrote nothing to {out_dir}"
+
+
 def check_choice(key, value, choices):
     """Raise ConfigError unless value is one of choices (names all of them)."""
     if value not in choices:
         raise ConfigError(f"--{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+def check_range(cfg, low, high, *keys, low_open=False):
+    """Raise ConfigError unless low <= cfg.key <= high (low < cfg.key with low_open) for every key."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bound = (f"more than {low}" if low_open else f"at least {low}") + (f" and at most {high}" if high is not None else "")
+            raise ConfigError(f"--{key}={value}: must be {bound}")
+
+
+def check_out_paths(out_dir, export=""):
+    """out_dir must be a folder (or not exist yet); export a file path (not a folder)."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out_dir={out_dir}: is a file; expected a folder (it is created if missing)")
+    if export and Path(export).is_dir():
+        raise ConfigError(f"--export={export}: is a folder; expected a file path such as {Path(export) / 'model.pt'}")
 
 
 # -----------------------------------------------------------------------------
@@ -179,10 +235,18 @@ class RunConfig:
     export: str = ""  # also write a slim copy (weights + config, no optimizer) here at the end
 
     def __post_init__(self):
+        """Check every key before anything is loaded, created or written."""
         check_choice("dtype", self.dtype, ("bfloat16", "float32"))
-        for key in ("steps", "log_every", "ckpt_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"--{key}={getattr(self, key)}: must be at least 1")
+        pick_device(self.device)
+        check_range(self, 1, None, "steps", "log_every", "ckpt_every")
+        check_range(self, 0, None, "warmup_steps", "decay_steps", "sample_every", "weight_decay")
+        check_range(self, 0, None, "lr", "grad_clip", low_open=True)
+        check_range(self, 0, 1, "min_lr_ratio")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"--betas={','.join(map(str, self.betas))}: each must be in [0, 1)")
+        check_out_paths(self.out_dir, self.export)
+        if self.resume:
+            check_checkpoint_path(Path(self.out_dir) / "ckpt.pt")  # --resume needs a run to continue
 
 
 @dataclass
@@ -197,6 +261,16 @@ class FinetuneConfig(RunConfig):
     lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # d1's RL targets (LLaDA names)
     warmup_steps: int = 20  # linear warmup from 0
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW (d1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_checkpoint_path(self.init)
+        get_tiny_tasks(self.tasks)  # an unknown task name is refused here
+        check_range(self, 0, None, "lora_r")
+        check_range(self, 0, None, "lora_alpha", low_open=True)
+        check_range(self, 0, 0.99, "lora_dropout")
+        for target in self.lora_targets.split(","):
+            check_choice("lora_targets", target, LLADA_LINEARS)
 
 
 # -----------------------------------------------------------------------------

@@ -79,15 +79,15 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
 REMASKING = ("low_confidence", "random")  # which masked tokens a step commits: most confident, or any
 
 
-def check_sampler(gen_length, block_length, steps):
-    """Refuse sampler sizes generate() cannot run, naming the numbers (before any work is done)."""
+def check_sampler(gen_length, block_length, steps, keys=("gen_length", "block_length", "steps")):
+    """Refuse sampler sizes generate() cannot run, naming the keys and numbers (before any work)."""
+    g, b, s = (f"--{key}={value}" for key, value in zip(keys, (gen_length, block_length, steps)))
     if min(gen_length, block_length, steps) < 1:
-        raise ValueError(f"gen_length={gen_length}, block_length={block_length} and steps={steps} must be >= 1")
+        raise ValueError(f"{g}, {b} and {s}: each must be at least 1")
     if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+        raise ValueError(f"{g} must be a multiple of {b}")
     if steps % (gen_length // block_length):
-        raise ValueError(f"steps={steps} must be a multiple of the number of blocks "
-                         f"(gen_length / block_length = {gen_length // block_length})")
+        raise ValueError(f"{s} must be a multiple of the number of blocks ({g} / {b} = {gen_length // block_length})")
 
 
 def add_gumbel_noise(logits, temperature, generator=None):

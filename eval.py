@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_model
+from checkpoint import CheckpointError, check_checkpoint_path, load_model
 from common import ConfigError, autocast, check_choice, cli, one_line_errors, pick_device
 from diffusion import check_sampler, generate
 from tasks_d1 import D1_TASKS
@@ -209,15 +209,13 @@ def task_of(path: Path) -> str:
     """The task named at the start of a generation file's name, e.g. "math500_instruct_...json"."""
     name = path.name.split("_")[0]
     if name not in D1_TASKS:
-        raise ValueError(f"{path}: cannot tell the task from the file name; pass --task "
-                         f"(one of {', '.join(D1_TASKS)})")
+        raise ValueError(f"{path}: cannot tell the task from the file name (it starts with none of "
+                         f"{', '.join(f'{t}_' for t in D1_TASKS)}); pass --task=TASK")
     return name
 
 
 def read_generations(path: Path) -> tuple[list[dict], int | None]:
     """The records of one generation file, and its generation length (from the file, else its name)."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         data = json.loads(path.read_text())
         records = data["generations"]
@@ -285,9 +283,17 @@ class EvalConfig:
                               + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
         if self.task:
             check_choice("task", self.task, tuple(D1_TASKS))
+        for path in map(Path, self.rescore):  # every file is checked before any is scored
+            if not path.is_file():
+                raise ConfigError(f"--rescore: {path}: " + ("is a folder" if path.is_dir() else "no such file"))
+            if not self.task:
+                task_of(path)
+        if self.ckpt:
+            check_checkpoint_path(self.ckpt)
         if self.n < 1 or self.batch_size < 1:
             raise ConfigError(f"--n={self.n} and --batch_size={self.batch_size} must be at least 1")
         check_choice("dtype", self.dtype, ("bfloat16", "float32"))
+        pick_device(self.device)
         for g in self.gen_length:
             check_sampler(g, min(32, g), g // 2)
 

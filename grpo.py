@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (FinetuneConfig, MetricsLog, autocast, check_choice, finish, init_model, make_optimizer,
-                    mix_seed, restore, save_run, set_lr, start_run)
+from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, finish, init_model,
+                    make_optimizer, mix_seed, restore, save_run, set_lr, start_run)
 from diffusion import REMASKING, check_sampler
 from eval import complete
 from lora import adapters_off
@@ -95,10 +95,20 @@ class GRPOConfig(FinetuneConfig):
             raise ValueError(f"--group_size={self.group_size}: GRPO needs at least 2 completions per question "
                              "(advantages are rewards minus the group mean; a group of 1 has no signal)")
         check_choice("remasking", self.remasking, REMASKING)
-        check_sampler(self.gen_length, self.block_length, self.diffusion_steps)
-        for key in ("questions_per_step", "mu", "logp_chunk"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"--{key}={getattr(self, key)}: must be at least 1")
+        check_sampler(self.gen_length, self.block_length, self.diffusion_steps,
+                      keys=("gen_length", "block_length", "diffusion_steps"))
+        check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
+        check_range(self, 0, None, "temperature", "beta")
+        check_range(self, 0, 1, "p_mask_prompt")
+        check_range(self, 0, None, "epsilon", low_open=True)
+
+
+def check_fits(cfg, tok, pools, context):
+    """Refuse, before the first rollout, a gen_length that the longest question leaves no room for."""
+    longest = max(len(tok.chat(task.rl_prompt(ex))) for task, examples in pools for ex in examples)
+    if longest + cfg.gen_length > context:
+        raise ConfigError(f"--gen_length={cfg.gen_length}: the longest prompt ({longest} tokens) plus the answer "
+                          f"exceed the model's context of {context} tokens; at most {context - longest}")
 
 
 # -----------------------------------------------------------------------------
@@ -201,6 +211,7 @@ def train_grpo(cfg: GRPOConfig):
     tok = Tokenizer.tiny()
     pools = [(task, task.examples("train")) for task in get_tiny_tasks(cfg.tasks)]
     model = init_model(cfg, device)
+    check_fits(cfg, tok, pools, model.config.max_sequence_length)
     # pi_ref, the KL anchor: the starting model. With LoRA that is the same model with its adapters
     # off; otherwise a frozen copy. (adapters_off does nothing to a model without adapters.)
     reference = model if cfg.lora_r > 0 else copy.deepcopy(model).requires_grad_(False).eval()

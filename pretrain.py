@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from common import (MetricsLog, RunConfig, autocast, finish, make_optimizer, mix_seed, restore, save_run, set_lr,
-                    start_run)
+from common import (MetricsLog, RunConfig, autocast, check_choice, check_range, finish, make_optimizer, mix_seed,
+                    restore, save_run, set_lr, start_run)
 from diffusion import diffusion_loss
 from eval import complete
 from model import Config, Model
@@ -39,6 +39,12 @@ class PretrainConfig(RunConfig):
     model: str = "tiny"  # a Config preset name (model.py)
     batch_size: int = 32  # rows per step
     seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("model", self.model, tuple(Config.PRESETS))
+        check_range(self, 1, None, "batch_size")
+        check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
 
 
 def pack_rows(texts, tok, seq_len):

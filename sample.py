@@ -22,6 +22,7 @@ import math
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -53,9 +54,12 @@ class SampleConfig:
     def __post_init__(self):
         if not self.model:
             raise ConfigError("--model is required: a LLaDA folder or a project .pt checkpoint")
+        if not Path(self.model).exists():
+            raise ConfigError(f"--model={self.model}: no such file or folder")
         if not self.prompt.strip():
             raise ConfigError("--prompt is required and must not be blank")
         self.prompt = self.prompt.replace("\\n", "\n")  # a typed \n is a newline
+        pick_device(self.device)
         check_choice("remasking", self.remasking, REMASKING)
         check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         if self.temperature < 0 or self.cfg_scale < 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import FinetuneConfig, init_model, mix_seed, start_run
+from common import ConfigError, FinetuneConfig, check_range, init_model, mix_seed, start_run
 from pretrain import denoising_loop
 from tasks_tiny import get_tiny_tasks
 from tokenizer import EOT, Tokenizer
@@ -43,6 +43,11 @@ class SFTConfig(FinetuneConfig):
     seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     sample_every: int = 500  # decode a few samples every N steps (0 = never)
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, 1, None, "batch_size", "n_per_task")
+        check_range(self, 2, None, "seq_len")
 
 
 def sft_examples(tasks, n_per_task, seed):
@@ -95,6 +100,9 @@ def train_sft(cfg: SFTConfig):
     examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed)
     ids, prompt_lengths = encode_dataset(tok, examples, cfg.seq_len)  # (N, T), (N,)
     model = init_model(cfg, device)
+    if cfg.seq_len > model.config.max_sequence_length:
+        raise ConfigError(f"--seq_len={cfg.seq_len}: more than the model's context of "
+                          f"{model.config.max_sequence_length} tokens ({cfg.init})")
     print(f"SFT set: {len(examples)} examples, {ids.size(1)} tokens per row; e.g. {examples[0]}")
     batch_at = lambda step: sft_batch(step, cfg.batch_size, ids, prompt_lengths, cfg.seed)  # noqa: E731
     return denoising_loop(cfg, "sft", model, tok, device, batch_at)

@@ -17,11 +17,13 @@ type-checked, an unknown key is an error that suggests the nearest one, and the 
 printed at start and saved in every checkpoint. Outputs, in out_dir:
     ckpt.pt          model (official LLaDA key names), config, optimizer, step, RNG states
     metrics.jsonl    one JSON object per logged step (an older log is kept as metrics.jsonl.1, ...)
+A run that fails or is interrupted ends with one line naming what it kept in out_dir
+(NANO_D1_DEBUG=1 shows the traceback instead).
 """
 
 import sys
 
-from common import ConfigError, cli, one_line_errors
+from common import ConfigError, cli, one_line_errors, report_what_was_kept
 from grpo import GRPOConfig, train_grpo
 from pretrain import PretrainConfig, train_pretrain
 from sft import SFTConfig, train_sft
@@ -41,7 +43,9 @@ def main(argv):
         if stage not in STAGES:
             raise ConfigError(f"--stage={stage!r}: expected one of {', '.join(STAGES)}")
         config_cls, train_fn = STAGES[stage]
-        return train_fn(cli(config_cls, rest))
+        cfg = cli(config_cls, rest)  # every key checked before anything is loaded or written
+    with report_what_was_kept("train.py", cfg.out_dir):
+        return train_fn(cfg)
 
 
 if __name__ == "__main__":

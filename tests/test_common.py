@@ -20,25 +20,27 @@ from sft import SFTConfig
 
 
 def test_key_value_forms_and_bare_flags():
-    cfg = parse_config(PretrainConfig, ["--steps=7", "--lr", "0.01", "--resume", "--out_dir=x", "--seed", "-3"])
-    assert (cfg.steps, cfg.lr, cfg.resume, cfg.out_dir, cfg.seed) == (7, 0.01, True, "x", -3)
-    untouched = {f.name for f in dataclasses.fields(PretrainConfig)} - {"steps", "lr", "resume", "out_dir", "seed"}
+    cfg = parse_config(PretrainConfig, ["--steps=7", "--lr", "0.01", "--sample_every=0", "--out_dir=x", "--seed", "-3"])
+    assert (cfg.steps, cfg.lr, cfg.sample_every, cfg.out_dir, cfg.seed) == (7, 0.01, 0, "x", -3)
+    untouched = {f.name for f in dataclasses.fields(PretrainConfig)} - {"steps", "lr", "sample_every", "out_dir", "seed"}
     assert all(getattr(cfg, k) == getattr(PretrainConfig(), k) for k in untouched)  # defaults elsewhere
     assert parse_config(PretrainConfig, ["--resume=false"]).resume is False
-    assert parse_config(PretrainConfig, ["--resume=1", "--export="]).resume is True  # an empty string is a value
+    assert parse_config(GRPOConfig, ["--scale_rewards_by_std"]).scale_rewards_by_std is True  # a bare flag
+    assert parse_config(GRPOConfig, ["--scale_rewards_by_std=1", "--export="]).export == ""  # "" is a value
     assert parse_config(PretrainConfig, []) == PretrainConfig()
 
 
 def test_tuple_fields_take_a_comma_list_or_several_values():
     assert parse_config(PretrainConfig, ["--betas=0.8,0.9"]).betas == (0.8, 0.9)
     assert parse_config(PretrainConfig, ["--betas", "0.8", "0.9", "--steps=2"]).betas == (0.8, 0.9)
-    cfg = parse_config(EvalConfig, ["--rescore", "a.json", "b.json", "--task", "gsm8k"])
-    assert (cfg.rescore, cfg.task) == (("a.json", "b.json"), "gsm8k")
-    assert parse_config(EvalConfig, ["--ckpt=x.pt", "--gen_length=32,64"]).gen_length == (32, 64)
+    cfg = parse_config(EvalConfig, ["--rescore", "README.md", "pytest.ini", "--task", "gsm8k"])  # files that exist
+    assert (cfg.rescore, cfg.task) == (("README.md", "pytest.ini"), "gsm8k")
+    ckpt = "checkpoints/tiny-sft.pt"
+    assert parse_config(EvalConfig, [f"--ckpt={ckpt}", "--gen_length=32,64"]).gen_length == (32, 64)
     with pytest.raises(ConfigError, match=r"--betas='0.9': expected 2 comma-separated values"):
         parse_config(PretrainConfig, ["--betas=0.9"])
     with pytest.raises(ConfigError, match=r"--gen_length='x': expected an integer"):
-        parse_config(EvalConfig, ["--ckpt=x.pt", "--gen_length=32,x"])
+        parse_config(EvalConfig, [f"--ckpt={ckpt}", "--gen_length=32,x"])
 
 
 def test_unknown_key_suggests_the_nearest_and_lists_all():
@@ -79,7 +81,7 @@ def test_bad_command_lines_are_config_errors(argv, message):
 def test_post_init_value_errors_become_config_errors():
     with pytest.raises(ConfigError, match="--group_size=1: GRPO needs at least 2"):
         parse_config(GRPOConfig, ["--group_size=1"])
-    with pytest.raises(ConfigError, match="gen_length=40 must be a multiple of block_length=32"):
+    with pytest.raises(ConfigError, match="--gen_length=40 must be a multiple of --block_length=32"):
         parse_config(GRPOConfig, ["--gen_length=40"])
 
 

@@ -141,13 +141,13 @@ def test_classifier_free_guidance_runs_and_changes_output(tiny_model):
 def test_generate_rejects_bad_block_plans(tiny_model):
     model = tiny_model()
     prompt = torch.zeros(1, 3, dtype=torch.long)
-    with pytest.raises(ValueError, match="multiple of block_length"):
+    with pytest.raises(ValueError, match="--gen_length=10 must be a multiple of --block_length=4"):
         generate(model, prompt, steps=4, gen_length=10, block_length=4)
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
         generate(model, prompt, steps=3, gen_length=8, block_length=4)
     with pytest.raises(ValueError, match="remasking='sideways'"):
         generate(model, prompt, steps=4, gen_length=8, block_length=4, remasking="sideways")
-    with pytest.raises(ValueError, match="gen_length=8, block_length=0 and steps=4 must be >= 1"):
+    with pytest.raises(ValueError, match="--gen_length=8, --block_length=0 and --steps=4: each must be at least 1"):
         check_sampler(8, 0, 4)
     check_sampler(96, 32, 48)  # three blocks of 16 steps: fine
 

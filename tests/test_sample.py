@@ -53,19 +53,19 @@ def test_too_long_prompt_is_refused_with_its_length(tiny):
 
 @pytest.mark.parametrize("argv, message", [
     (["--prompt=hi"], "--model is required"),
-    (["--model=x.pt", "--prompt=  "], "--prompt is required and must not be blank"),
-    (["--model=x.pt", "--prompt=hi", "--dtype=int8"], "--dtype='int8': expected one of auto, float32"),
-    (["--model=x.pt", "--prompt=hi", "--temperature=-1"], "--temperature=-1.0 and --cfg_scale=0.0 must be >= 0"),
-    (["--model=x.pt", "--prompt=hi", "--steps=3"], "steps=3 must be a multiple of the number of blocks"),
-    (["--model=x.pt", "--prompt=hi", "--stepz=3"], "unknown key --stepz; did you mean --steps?"),
-    (["--model=nope.pt", "--prompt=hi"], "checkpoint nope.pt does not exist"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=  "], "--prompt is required and must not be blank"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--dtype=int8"], "--dtype='int8': expected one of auto, float32"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--temperature=-1"], "--temperature=-1.0 and --cfg_scale=0.0 must be >= 0"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--steps=3"], "--steps=3 must be a multiple of the number of blocks"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--stepz=3"], "unknown key --stepz; did you mean --steps?"),
+    (["--model=nope.pt", "--prompt=hi"], "--model=nope.pt: no such file or folder"),
 ])
 def test_user_errors_are_one_line(argv, message, user_error):
     assert user_error(sample.main, argv, "sample.py").startswith(message)
 
 
 def test_a_typed_backslash_n_is_a_newline():
-    assert sample.SampleConfig(model="m.pt", prompt=r"line 1\nline 2").prompt == "line 1\nline 2"
+    assert sample.SampleConfig(model="checkpoints/tiny-sft.pt", prompt=r"line 1\nline 2").prompt == "line 1\nline 2"
 
 
 def test_render():

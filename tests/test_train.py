@@ -79,8 +79,26 @@ def stage_args(stage, **keys):
 
 
 def pretrain_args(out_dir, steps, **keys):
-    return stage_args("pretrain", out_dir=out_dir, steps=steps, decay_steps=30, batch_size=4, seq_len=64,
-                      warmup_steps=5, log_every=1, sample_every=0, ckpt_every=1000, dtype="float32", **keys)
+    defaults = dict(decay_steps=30, batch_size=4, seq_len=64, warmup_steps=5, log_every=1, sample_every=0,
+                    ckpt_every=1000, dtype="float32")
+    return stage_args("pretrain", out_dir=out_dir, steps=steps, **{**defaults, **keys})
+
+
+def test_a_failure_inside_a_run_names_what_it_kept(tmp_path, monkeypatch):
+    real_batch = pretrain.pretrain_batch
+
+    def batch_until_step_3(step, cfg, tok):
+        if step == 3:
+            raise RuntimeError("disk on fire")
+        return real_batch(step, cfg, tok)
+
+    monkeypatch.setattr(pretrain, "pretrain_batch", batch_until_step_3)
+    with pytest.raises(SystemExit, match=r"^train.py: error: RuntimeError: disk on fire \(NANO_D1_DEBUG=1 .*\); "
+                                         r"kept: .*ckpt.pt \(written \d\d:\d\d:\d\d\), .*metrics.jsonl \(to step 3\)$"):
+        train.main(pretrain_args(tmp_path, 5, ckpt_every=2))
+    monkeypatch.setenv("NANO_D1_DEBUG", "1")  # the traceback instead, for whoever debugs it
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train.main(pretrain_args(tmp_path, 5, ckpt_every=2))
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -105,7 +123,7 @@ def test_a_second_fresh_run_keeps_the_first_runs_log(tmp_path, monkeypatch):
         raise ValueError("no data")
 
     monkeypatch.setattr(pretrain, "pretrain_batch", no_batch)  # a fresh run that fails before its first row
-    with pytest.raises(SystemExit, match="train.py: error: no data"):
+    with pytest.raises(SystemExit, match=r"^train.py: error: no data; this run wrote nothing to "):
         train.main(pretrain_args(tmp_path, 2))
     assert read_metrics(tmp_path) == second and not (tmp_path / "metrics.jsonl.2").exists()
 
