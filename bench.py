@@ -5,6 +5,8 @@ speed, and the three attention implementations side by side. Prints tables (mark
     python bench.py                     # auto device; ~2 minutes on a 2-core CPU
     python bench.py --model=llada-8b    # GPU: random-weight 8B forward and sampler speed (bf16)
     python bench.py --memory            # peak host memory of checkpoint.load_pretrained
+    python bench.py --sampling --n=64   # reference vs fast samplers on the tiny tasks: tokens/s, accuracy
+    python bench.py --sampling --model=llada-8b     # GPU: the same samplers on random 8B weights (speed only)
 
 Training FLOPs are counted the usual way: 6 x (non-embedding parameters) per token for the
 matmuls (forward 2, backward 4), plus 12 x n_layers x T x D per token for attention scores and
@@ -21,9 +23,12 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_pretrained, save_pretrained
+from checkpoint import check_checkpoint_path, load_model, load_pretrained, save_pretrained
 from common import autocast, check_choice, check_range, cli, one_line_errors, pick_device
-from diffusion import diffusion_loss, generate
+from diffusion import check_fast_sampler, check_sampler, diffusion_loss, generate
+from eval import evaluate
+from tasks_tiny import get_tiny_tasks
+from tokenizer import Tokenizer
 from model import Config, Model, eager_attention, flex_attention, make_flex_block_mask, sdpa_attention
 
 
@@ -36,12 +41,21 @@ class BenchConfig:
     batch_size: int = 32  # rows per training step
     seq_len: int = 128  # tokens per row
     memory: bool = False  # instead: the peak host memory of loading a Hugging Face-format checkpoint
+    sampling: bool = False  # instead: the reference sampler vs the fast ones (KV cache, threshold)
+    ckpt: str = "checkpoints/tiny-sft.pt"  # --sampling, tiny: the checkpoint evaluated
+    n: int = 64  # --sampling, tiny: test questions per task (the same ones for every sampler)
+    gen_length: int = 128  # --sampling, tiny: answer length (d1's protocol: blocks of 32, gen_length / 2 steps)
+    threshold: float = 0.9  # --sampling: the parallel decoding threshold of the threshold rows (Fast-dLLM's)
 
     def __post_init__(self):
         check_choice("model", self.model, tuple(Config.PRESETS))
         pick_device(self.device)
-        check_range(self, 1, None, "batch_size")
+        check_range(self, 1, None, "batch_size", "n")
         check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
+        check_sampler(self.gen_length, min(32, self.gen_length), self.gen_length // 2)
+        check_fast_sampler(None, self.threshold)
+        if self.sampling and self.model == "tiny":
+            check_checkpoint_path(self.ckpt)
 
 
 def timed(fn, device, min_seconds=1.0, warmup=2):
@@ -141,13 +155,18 @@ def bench_attention(device, B, H, T, Dh, backward, dtype):
     return {k: (None if s is None else flops / s) for k, s in results.items()}
 
 
-@torch.no_grad()
-def bench_large(cfg, device):
-    """A big preset (llada-8b) with random bf16 weights: forward and sampler speed only (no room
-    for an optimizer). Built on the meta device, then materialised straight on the GPU."""
+def random_large_model(cfg, device):
+    """A big preset (llada-8b) with random bf16 weights, built on the meta device, then materialised
+    straight on the GPU (no room for an optimizer: forward and sampling only)."""
     with torch.device("meta"):
         model = Model(cfg)
-    model = model.to_empty(device=device).to(torch.bfloat16).init_weights(seed=0).eval()
+    return model.to_empty(device=device).to(torch.bfloat16).init_weights(seed=0).eval()
+
+
+@torch.no_grad()
+def bench_large(cfg, device):
+    """A big preset (llada-8b) with random bf16 weights: forward and sampler speed."""
+    model = random_large_model(cfg, device)
     print(f"\n| {cfg.n_layers}-layer d={cfg.d_model} model, bf16 weights | ms | tokens/s | TFLOP/s |\n|---|---|---|---|")
     for impl in ("sdpa", "flex"):
         model.config.attn_impl = impl
@@ -172,7 +191,11 @@ def main(argv=None):
         device = pick_device(args.device)
         cfg = Config.preset(args.model)
         print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-        if args.model == "tiny":
+        if args.sampling and args.model == "tiny":
+            bench_sampling_tiny(device, args)
+        elif args.sampling:
+            bench_sampling_large(cfg, device, args.threshold)
+        elif args.model == "tiny":
             bench_tiny(cfg, device, args)
         else:
             bench_large(cfg, device)
@@ -216,6 +239,68 @@ def bench_tiny(cfg, device, args):
         r = bench_attention(device, B_, H, T_, Dh, backward, att_dtype)
         cells = " | ".join("n/a" if r[k] is None else f"{r[k] / 1e9:,.0f}" for k in ("eager", "sdpa", "flex"))
         print(f"| B {B_} H {H} T {T_} Dh {Dh} | {cells} |")
+
+
+# -----------------------------------------------------------------------------
+# python bench.py --sampling: the reference sampler vs Fast-dLLM's (Wu et al. 2025, arXiv 2505.22618)
+
+SAMPLERS = (("reference (d1)", None, False), ("prefix cache", "prefix", False), ("dual cache", "dual", False),
+            ("threshold", None, True), ("prefix cache + threshold", "prefix", True),
+            ("dual cache + threshold", "dual", True))  # (name, cache, with the threshold)
+
+
+def bench_sampling_tiny(device, args):
+    """The tiny tasks' evaluation (eval.evaluate: greedy, low-confidence, blocks of 32, gen_length / 2
+    steps, bf16 autocast, 64 questions per batch) with every sampler, on the same test questions:
+    tokens/s of the whole evaluation (sampling and scoring) and accuracy %, side by side."""
+    model, _ = load_model(args.ckpt, device=device)
+    tok, tasks = Tokenizer.tiny(), get_tiny_tasks("all")
+    examples = {task.name: task.examples("test", args.n) for task in tasks}
+    evaluate(model, tok, tasks[0], examples[tasks[0].name][:4], 32)  # warm-up (one-time costs)
+    print(f"{args.ckpt}, n = {args.n} per task, gen_length {args.gen_length}, threshold {args.threshold}\n")
+    print("| sampler | steps per batch | seconds | tokens/s | speed-up | "
+          + " | ".join(task.name for task in tasks) + " | average |\n" + "|---" * (len(tasks) + 6) + "|")
+    reference = None
+    for name, cache, with_threshold in SAMPLERS:
+        threshold = args.threshold if with_threshold else None
+        tick = time.perf_counter()
+        results = [evaluate(model, tok, task, examples[task.name], args.gen_length, cache=cache, threshold=threshold)
+                   for task in tasks]
+        seconds = time.perf_counter() - tick
+        tokens_per_second = len(tasks) * args.n * args.gen_length / seconds
+        reference = reference or tokens_per_second
+        steps = sum(r.get("steps", args.gen_length / 2) for r in results) / len(results)  # reference: fixed
+        accuracy = " | ".join(f"{r['accuracy']:.1f} ({r['stderr']:.1f})" for r in results)
+        average = sum(r["accuracy"] for r in results) / len(results)
+        print(f"| {name} | {steps:.1f} | {seconds:.1f} | {tokens_per_second:,.0f} | "
+              f"{tokens_per_second / reference:.2f}x | {accuracy} | {average:.1f} |", flush=True)
+
+
+@torch.no_grad()
+def bench_sampling_large(cfg, device, threshold, prompt_length=100):
+    """Every sampler on random bf16 weights (GPU): batch 1 and 8, gen 256 and 512, one token per step
+    (steps = gen_length, Fast-dLLM's baseline), blocks of 32. Random weights predict nearly uniform
+    tokens, so nothing clears a threshold: its rows show parallel decoding's worst case (one token
+    per step); only the cache rows measure a real speed-up. Speed only, one timed run each."""
+    model = random_large_model(cfg, device)
+    print(f"\n| batch | gen | sampler | steps | seconds | tokens/s | speed-up |\n|---|---|---|---|---|---|---|")
+    for B in (1, 8):
+        prompt = torch.randint(0, 1000, (B, prompt_length), device=device)
+        for cache in ("prefix", "dual", None):  # warm-up: every path once
+            generate(model, prompt, steps=32, gen_length=64, block_length=32, cache=cache, threshold=threshold)
+        for gen_length in (256, 512):
+            reference = None
+            for name, cache, with_threshold in SAMPLERS:
+                taken = []
+                sync(device)
+                tick = time.perf_counter()
+                generate(model, prompt, steps=gen_length, gen_length=gen_length, block_length=32, cache=cache,
+                         threshold=threshold if with_threshold else None, on_step=lambda x, step: taken.append(step))
+                sync(device)
+                seconds = time.perf_counter() - tick
+                reference = reference or seconds
+                print(f"| {B} | {gen_length} | {name} | {len(taken)} | {seconds:.2f} | {B * gen_length / seconds:,.0f} "
+                      f"| {reference / seconds:.2f}x |", flush=True)
 
 
 # -----------------------------------------------------------------------------

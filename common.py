@@ -97,7 +97,16 @@ def parse_config(cls, argv):
 
 
 def convert(key, value, typ):
-    """The string `value` as `typ`: int, float, str, bool, tuple[float, float] or tuple[str, ...]."""
+    """The string `value` as `typ`: int, float, str, bool, tuple[float, float] or tuple[str, ...];
+    for an optional key (e.g. `float | None`), "none" is None."""
+    if type(None) in typing.get_args(typ):
+        if value.lower() == "none":
+            return None
+        [inner] = [t for t in typing.get_args(typ) if t is not type(None)]
+        try:
+            return convert(key, value, inner)
+        except ConfigError:
+            raise ConfigError(f"--{key}={value!r}: expected {_type_name(typ)}") from None
     if typing.get_origin(typ) is tuple:
         args = typing.get_args(typ)
         items = [v.strip() for v in value.split(",") if v.strip()]
@@ -120,6 +129,8 @@ def convert(key, value, typ):
 
 
 def _type_name(typ):
+    if type(None) in typing.get_args(typ):
+        return " or ".join(_type_name(t) for t in typing.get_args(typ) if t is not type(None)) + " or none"
     if typing.get_origin(typ) is tuple:
         return "comma-separated " + _type_name(typing.get_args(typ)[0]) + " values"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, str(typ))

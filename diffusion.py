@@ -1,6 +1,7 @@
 """
 Masked diffusion: the forward (noising) process, the training loss, the sampler, and the
-likelihood estimator. Everything here is model-agnostic: `model(x, attention_mask) -> logits`.
+likelihood estimator. Everything here is model-agnostic: `model(x, attention_mask) -> logits`
+(the sampler's optional cache also passes model.KVCache as `kv_cache`).
 
 The idea in one picture. A masked diffusion LM learns to undo random masking:
 
@@ -17,10 +18,13 @@ tokens per step, the ones the model is most confident about, block by block from
 
     from diffusion import generate
     out = generate(model, prompt_ids, steps=64, gen_length=64, block_length=32)   # (B, P + 64)
+    out = generate(model, prompt_ids, gen_length=64, cache="dual", threshold=0.9)   # fast (Fast-dLLM)
 """
 
 import torch
 import torch.nn.functional as F
+
+from model import KVCache
 
 EPS = 1e-3  # LLaDA's minimum mask probability: p = (1 - EPS) t + EPS never reaches 0.
 
@@ -77,6 +81,7 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
 # Sampling: LLaDA's semi-autoregressive low-confidence remasking
 
 REMASKING = ("low_confidence", "random")  # which masked tokens a step commits: most confident, or any
+CACHES = (None, "prefix", "dual")  # generate(cache=...): none (the reference), or Fast-dLLM's two caches
 
 
 def check_sampler(gen_length, block_length, steps, keys=("gen_length", "block_length", "steps")):
@@ -115,7 +120,8 @@ def commit_plan(n_masked, steps):
 
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperature=0.0, cfg_scale=0.0,
-             remasking="low_confidence", mask_id=None, attention_mask=None, generator=None, on_step=None):
+             remasking="low_confidence", mask_id=None, attention_mask=None, generator=None, on_step=None,
+             cache=None, threshold=None, refresh_every=None):
     """LLaDA's sampler. prompt (B, P) of token ids, left-padded if rows differ in length (then pass
     attention_mask (B, P), 1 = real token). Returns (B, P + gen_length); the prompt is unchanged.
 
@@ -129,51 +135,112 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
 
     Committed tokens are never re-masked. Positions right of the current block are predicted
     (the model sees the whole sequence) but never committed before their block.
-    on_step(x, step): optional callback after each step, e.g. to show the answer filling in."""
+    on_step(x, step): optional callback after each step (one model forward pass each), e.g. to show
+    the answer filling in, or to count the steps taken.
+
+    Fast sampling (Fast-dLLM, Wu et al. 2025, arXiv 2505.22618); both off by default:
+      cache="prefix"  each block's first step runs the whole sequence and records every layer's
+                      keys and values (model.KVCache); its other steps run only the block and what
+                      lies right of it, reading the prompt's and finished blocks' from the record.
+      cache="dual"    the same, but the steps run the block alone: the positions right of it are
+                      read from the record too. refresh_every=N also re-records every N steps inside
+                      a block (1: every step, which is the reference sampler exactly).
+      threshold=0.9   parallel decoding: a step commits every masked token of the block whose
+                      probability exceeds the threshold, and at least one (the first by `remasking`:
+                      the most confident, or a random one), so easy stretches take fewer steps and
+                      unsure ones up to one per token; `steps` is then unused (at most block_length
+                      steps per block)."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     check_sampler(gen_length, block_length, steps)
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r}; expected one of {', '.join(REMASKING)}")
+    check_fast_sampler(cache, threshold, refresh_every)
     num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
+    steps_per_block = steps // num_blocks if threshold is None else block_length  # threshold: an upper bound
 
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=prompt.device)  # (B, T)
     x[:, :P] = prompt
+    T = x.size(1)
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, torch.ones_like(x[:, P:])], dim=1)  # (B, T)
     is_prompt = x != mask_id  # (B, T): what classifier-free guidance masks out
+    kv_cache = None if cache is None else KVCache()
 
     step = 0
     for block in range(num_blocks):
-        block_end = P + (block + 1) * block_length
-        plan = commit_plan((x[:, block_end - block_length:block_end] == mask_id).sum(1), steps_per_block)
+        block_start, block_end = P + block * block_length, P + (block + 1) * block_length
+        plan = commit_plan((x[:, block_start:block_end] == mask_id).sum(1), steps_per_block)  # (B, steps)
         for i in range(steps_per_block):
-            is_masked = x == mask_id  # (B, T)
-            logits = _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale)  # (B, T, V)
-            x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, T) proposals
-            if remasking == "low_confidence":
-                probs = F.softmax(logits.float(), dim=-1)  # noise-free confidence
-                confidence = torch.gather(probs, -1, x0[..., None]).squeeze(-1)  # (B, T)
+            if threshold is not None and not (x[:, block_start:block_end] == mask_id).any():
+                break  # parallel decoding finished the block early
+            # The positions this step runs, lo..hi-1: all of them without a cache, or to (re)fill it
+            # (a block's first step); else the block (dual cache) or the block and all right of it.
+            if kv_cache is None:
+                lo, hi = 0, T
+            elif i == 0 or (refresh_every and i % refresh_every == 0):
+                lo, hi = 0, T
+                kv_cache.fill()
             else:
-                confidence = torch.rand(x0.shape, device=x.device, generator=generator)  # (B, T)
-            confidence[:, block_end:] = -torch.inf  # nothing right of the block yet
-            confidence = torch.where(is_masked, confidence, -torch.inf)  # committed tokens stay
-            x = torch.where(_top_k_per_row(confidence, plan[:, i]), x0, x)
+                lo, hi = block_start, block_end if cache == "dual" else T
+                kv_cache.use(lo, hi)
+            logits = _guided_logits(model, x[:, lo:hi], attention_mask, is_prompt[:, lo:hi], mask_id, cfg_scale,
+                                    kv_cache)  # (B, hi - lo, V)
+            x0, commit = _commit(logits, x[:, lo:hi] == mask_id, block_end - lo, plan[:, i], remasking,
+                                 temperature, threshold, generator)  # (B, hi - lo) each
+            x = x.clone()  # a new tensor per step (on_step may keep the last one)
+            x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
             step += 1
             if on_step is not None:
                 on_step(x, step)
     return x
 
 
-def _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale):
+def check_fast_sampler(cache, threshold, refresh_every=None):
+    """Refuse fast-sampling options generate() cannot run, naming the key (before any work)."""
+    if cache not in CACHES:
+        raise ValueError(f"--cache={cache!r}: expected one of {', '.join(map(str, CACHES))}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"--threshold={threshold}: must be more than 0 and at most 1 (or None: off)")
+    if refresh_every is not None and (refresh_every < 1 or cache is None):
+        raise ValueError(f"refresh_every={refresh_every}: must be at least 1, with a cache")
+
+
+def _commit(logits, is_masked, block_end, k, remasking, temperature, threshold, generator):
+    """One step's proposals and which of them to commit, over the positions the step ran.
+
+    logits (B, S, V) and is_masked (B, S) of the S positions run; block_end: where the block ends,
+    counted from the first of them; k (B,) the planned number per row. Returns x0 (B, S), the
+    proposed tokens, and commit (B, S) bool."""
+    x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, S) proposals
+    if remasking == "low_confidence" or threshold is not None:
+        probs = F.softmax(logits.float(), dim=-1)  # noise-free confidence
+        p_x0 = torch.gather(probs, -1, x0[..., None]).squeeze(-1)  # (B, S)
+    if remasking == "low_confidence":
+        confidence = p_x0
+    else:
+        confidence = torch.rand(x0.shape, device=x0.device, generator=generator)  # (B, S)
+    in_block = torch.arange(x0.size(1), device=x0.device) < block_end  # (S,): nothing right of the block yet
+    confidence = torch.where(is_masked & in_block, confidence, -torch.inf)  # committed tokens stay
+    if threshold is None:
+        return x0, _top_k_per_row(confidence, k)
+    # Fast-dLLM's confidence-aware parallel decoding (Wu et al. 2025): every candidate whose probability
+    # clears the threshold, plus the first by confidence, so each unfinished row moves by one at least.
+    candidate = confidence > -torch.inf  # (B, S)
+    first = _top_k_per_row(confidence, candidate.any(dim=1).long())
+    return x0, first | (candidate & (p_x0 > threshold))
+
+
+def _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale, kv_cache=None):
     """Model logits, with classifier-free guidance when cfg_scale > 0: run x and a copy whose prompt
-    is fully masked, then logits = uncond + (cfg_scale + 1) (cond - uncond)."""
+    is fully masked, then logits = uncond + (cfg_scale + 1) (cond - uncond). With a cache, both
+    copies' keys and values are recorded (the cache holds 2B rows)."""
+    cache = {} if kv_cache is None else {"kv_cache": kv_cache}  # a plain call without one
     if cfg_scale <= 0:
-        return model(x, attention_mask)
+        return model(x, attention_mask, **cache)
     unconditional = torch.where(is_prompt, mask_id, x)
     am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-    cond, uncond = model(torch.cat([x, unconditional]), am).chunk(2)
+    cond, uncond = model(torch.cat([x, unconditional]), am, **cache).chunk(2)
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 

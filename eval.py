@@ -4,6 +4,7 @@ evaluation and the RL rollouts share.
 
     python eval.py --ckpt=checkpoints/tiny-sft.pt            # a checkpoint on the tiny tasks' test sets
     python eval.py --ckpt=out/grpo/ckpt.pt --tasks=countdown --gen_length=96,128 --n=256
+    python eval.py --ckpt=checkpoints/tiny-sft.pt --cache=dual --threshold=0.9    # the fast sampler (Fast-dLLM)
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
     python eval.py --rescore gens/*_256_*.json               # d1's published LLaDA generations (README)
     python eval.py --help                                    # every key, its default and meaning
@@ -14,7 +15,9 @@ the tiny tasks' held-out test split. (d1 also prefills the assistant turn with "
 tiny model is trained to write it itself, so its tasks' eval_prefix is empty.) Each line reads
     <task> gen_length=<N>: accuracy=<X>% format=<Y>% n=<n>
 where format is the share of completions that are exactly "<reasoning>..</reasoning>\\n<answer>..
-</answer>" and then stop (end of turn, EOS padding to the end).
+</answer>" and then stop (end of turn, EOS padding to the end). With --cache or --threshold (the
+fast sampler of diffusion.generate, Fast-dLLM: Wu et al. 2025, arXiv 2505.22618) the line ends with
+` steps=<S>`, the sampler's mean steps per batch (d1's protocol takes gen_length / 2).
 
 --rescore scores d1's published generation files with d1's evaluation parsing. Each file holds
 {"generations": [{"question", "generations", "ground_truth"}, ...], "gen_length", ...}; the task is
@@ -38,7 +41,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, check_checkpoint_path, load_model
 from common import ConfigError, autocast, check_choice, cli, one_line_errors, pick_device
-from diffusion import check_sampler, generate
+from diffusion import check_fast_sampler, check_sampler, generate
 from tasks_d1 import D1_TASKS
 from tasks_tiny import get_tiny_tasks
 from tokenizer import Tokenizer, end_of_turn
@@ -60,6 +63,7 @@ class Completions:
     reward: torch.Tensor  # (N,) the sum of the named rewards
     correct: torch.Tensor  # (N,) the task's evaluation check, 0..1
     well_formed: torch.Tensor  # (N,) bool: task.format_ok, and the answer stops cleanly
+    steps: int = 0  # sampler steps taken (one model forward pass each); fewer with threshold decoding
 
 
 def left_pad(sequences, pad_id):
@@ -75,12 +79,13 @@ def left_pad(sequences, pad_id):
 
 @torch.no_grad()
 def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
-             remasking="low_confidence", generator=None, prompt="eval"):
+             remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None):
     """Ask the model every (task, example) of `items` and score the answers with the task.
 
     prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
     evaluation does) or "rl" (task.rl_prompt, nothing prefilled, as d1's rollouts). steps defaults
-    to gen_length / 2 (two tokens per step, d1's setting). Returns Completions."""
+    to gen_length / 2 (two tokens per step, d1's setting). cache and threshold: the fast sampler
+    (diffusion.generate; None, None = the reference). Returns Completions."""
     check_choice("prompt", prompt, ("eval", "rl"))
     device = next(model.parameters()).device
     prefixes = [task.eval_prefix if prompt == "eval" else "" for task, _ in items]
@@ -88,9 +93,11 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     prompt_ids, attention = left_pad([tok.chat(m) + tok.encode(p) for m, p in zip(messages, prefixes)],
                                      tok.eos_id)  # (N, P)
     prompt_ids, attention = prompt_ids.to(device), attention.to(device)
+    taken = []  # the sampler's step numbers, one per step: how many it took
     out = generate(model, prompt_ids, steps=steps or gen_length // 2, gen_length=gen_length,
                    block_length=min(block_length, gen_length), temperature=temperature, remasking=remasking,
-                   attention_mask=attention, generator=generator)  # (N, P + C)
+                   attention_mask=attention, generator=generator, on_step=lambda x, step: taken.append(step),
+                   cache=cache, threshold=threshold)  # (N, P + C)
     completion_ids = out[:, prompt_ids.size(1):]  # (N, C)
 
     # Score every completion with its own task (a batch may mix tasks).
@@ -105,7 +112,7 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     parts = {name: torch.tensor([r.get(name, 0.0) for r in rewards], dtype=torch.float32) for name in names}
     return Completions(prompt_ids, attention, completion_ids, texts, parts,
                        torch.stack(list(parts.values())).sum(0), torch.tensor(correct, dtype=torch.float32),
-                       torch.tensor(well_formed))
+                       torch.tensor(well_formed), len(taken))
 
 
 def stops_cleanly(tok, ids):
@@ -118,40 +125,47 @@ def stops_cleanly(tok, ids):
 # The tiny tasks: one checkpoint, or the table of four
 
 
-def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloat16"):
+def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloat16", cache=None, threshold=None):
     """Greedy completions for `examples`, scored by task.correct and the format check.
 
     Returns dict(accuracy, stderr, format, n); accuracy and format in percent. The standard error
-    is that of a mean over items (Sudoku items score the share of their empty cells right)."""
+    is that of a mean over items (Sudoku items score the share of their empty cells right).
+    cache, threshold: complete()'s fast sampler; with it the dict also holds steps, the sampler's
+    mean steps per batch (the reference's are gen_length / 2)."""
     device = next(model.parameters()).device
     model.eval()
-    scores, well_formed = [], []
+    scores, well_formed, steps = [], [], []
     for i in range(0, len(examples), batch_size):
         with autocast(device, dtype):
-            done = complete(model, tok, [(task, ex) for ex in examples[i: i + batch_size]], gen_length)
+            done = complete(model, tok, [(task, ex) for ex in examples[i: i + batch_size]], gen_length,
+                            cache=cache, threshold=threshold)
         scores += done.correct.tolist()
         well_formed += done.well_formed.tolist()
+        steps.append(done.steps)
     n = len(scores)
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
+    fast = {"steps": sum(steps) / len(steps)} if cache or threshold else {}
     return {"accuracy": 100 * mean, "stderr": 100 * math.sqrt(var / n), "n": n,
-            "format": 100 * sum(well_formed) / n}
+            "format": 100 * sum(well_formed) / n, **fast}
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
-                    dtype="bfloat16", quiet=False):
-    """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}."""
+                    dtype="bfloat16", quiet=False, cache=None, threshold=None):
+    """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}.
+    With the fast sampler (cache or threshold) each line also gives the steps taken per batch."""
     model, _ = load_model(path, device=pick_device(device))
     tok = Tokenizer.tiny()
     results = {}
     for task in get_tiny_tasks(task_names):
         examples = task.examples("test", n)
         for gen_length in gen_lengths:
-            r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype)
+            r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype, cache, threshold)
             results[(task.name, gen_length)] = r
             if not quiet:
+                steps = f" steps={r['steps']:.1f}" if "steps" in r else ""  # the fast sampler's
                 print(f"{task.name} gen_length={gen_length}: accuracy={r['accuracy']:.1f}% "
-                      f"format={r['format']:.1f}% n={r['n']}", flush=True)
+                      f"format={r['format']:.1f}% n={r['n']}{steps}", flush=True)
     return results
 
 
@@ -159,7 +173,8 @@ TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "check
               ("+diffu-GRPO", "checkpoints/tiny-grpo.pt"), ("d1 (SFT + diffu-GRPO)", "checkpoints/tiny-d1.pt"))
 
 
-def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="bfloat16"):
+def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="bfloat16",
+                cache=None, threshold=None):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
     for _, path in TABLE_ROWS:
         if not Path(path).is_file():
@@ -168,11 +183,12 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
     columns = [(t, g) for t in tasks for g in gen_lengths]
     rows = []
     for name, path in tqdm(TABLE_ROWS, desc="table"):
-        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, quiet=True)
+        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, True, cache, threshold)
         rows.append((name, results))
     header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
               + "|---" * (len(columns) + 2) + "|")
-    print(f"\nTiny d1 table: accuracy % (standard error), greedy, steps = gen_length / 2, n = {n} per cell\n")
+    sampler = f"cache={cache}, threshold={threshold}" if cache or threshold else "steps = gen_length / 2"
+    print(f"\nTiny d1 table: accuracy % (standard error), greedy, {sampler}, n = {n} per cell\n")
     print(header)
     for name, results in rows:
         cells = " | ".join(f"{results[c]['accuracy']:.1f} ({results[c]['stderr']:.1f})" for c in columns)
@@ -275,6 +291,8 @@ class EvalConfig:
     batch_size: int = 64  # --ckpt/--table: questions decoded together
     device: str = "auto"  # auto -> cuda, then mps, then cpu
     dtype: str = "bfloat16"  # autocast dtype: bfloat16 or float32
+    cache: str | None = None  # --ckpt/--table: fast sampler's KV cache: none (d1's protocol), prefix or dual
+    threshold: float | None = None  # --ckpt/--table: parallel decoding threshold in (0, 1], e.g. 0.9; none = off
 
     def __post_init__(self):
         modes = [name for name in ("ckpt", "table", "rescore") if getattr(self, name)]
@@ -296,6 +314,7 @@ class EvalConfig:
         pick_device(self.device)
         for g in self.gen_length:
             check_sampler(g, min(32, g), g // 2)
+        check_fast_sampler(self.cache, self.threshold)
 
 
 def main(argv=None):
@@ -304,9 +323,11 @@ def main(argv=None):
         if cfg.rescore:
             print_scores(rescore(cfg.rescore, cfg.task or None))
         elif cfg.ckpt:
-            eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype)
+            eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype,
+                            cache=cfg.cache, threshold=cfg.threshold)
         else:
-            print_table(cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype)
+            print_table(cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype, cfg.cache,
+                        cfg.threshold)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Stage 3, diffu-GRPO (d1 paper, Sec. 3.2 and Algorithm 1): policy-gradient RL for
     python train.py --stage grpo                       # from checkpoints/tiny-sft.pt
     python train.py --stage grpo --init=checkpoints/tiny-base.pt --out_dir=out/grpo-from-base
     python train.py --stage grpo --remasking=low_confidence         # d1's rollouts (deviation 5)
+    python train.py --stage grpo --cache=prefix --threshold=0.9     # faster rollouts (Fast-dLLM; not d1's)
 
 GRPO needs log pi(o_k | q, o_<k) per token. An autoregressive model gives that in one forward
 pass; a diffusion model has no such factorisation. d1's answer, the one-step estimator: mask the
@@ -39,6 +40,11 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
      already sure of, so the tiny model's G completions often come out identical: a group with
      equal rewards has zero advantage and teaches nothing (README, "Honest notes", has the
      numbers). Evaluation still decodes greedily, most-confident first, as d1's does.
+
+Optional and off by default (d1 samples without them): --cache and --threshold sample the rollouts
+with Fast-dLLM's approximate KV cache and parallel decoding (diffusion.generate). With random
+remasking a step commits one random masked token of the block, plus every one whose sampled token
+has a probability above the threshold. The log line then ends with the rollout's sampler steps.
 """
 
 import copy
@@ -53,7 +59,7 @@ from tqdm import tqdm
 
 from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, finish, init_model,
                     make_optimizer, mix_seed, restore, save_run, set_lr, start_run)
-from diffusion import REMASKING, check_sampler
+from diffusion import REMASKING, check_fast_sampler, check_sampler
 from eval import complete
 from lora import adapters_off
 from plot import plot_rewards
@@ -75,6 +81,8 @@ class GRPOConfig(FinetuneConfig):
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
     remasking: str = "random"  # tiny (d1: low_confidence): deviation 5 in this file's docstring
+    cache: str | None = None  # rollouts' KV cache: none (d1), prefix or dual (Fast-dLLM, approximate)
+    threshold: float | None = None  # rollouts' parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1)
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used)
     epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
@@ -97,6 +105,7 @@ class GRPOConfig(FinetuneConfig):
         check_choice("remasking", self.remasking, REMASKING)
         check_sampler(self.gen_length, self.block_length, self.diffusion_steps,
                       keys=("gen_length", "block_length", "diffusion_steps"))
+        check_fast_sampler(self.cache, self.threshold)
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
         check_range(self, 0, None, "temperature", "beta")
         check_range(self, 0, 1, "p_mask_prompt")
@@ -234,7 +243,8 @@ def train_grpo(cfg: GRPOConfig):
         with autocast(device, cfg.dtype):
             ro = complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
                           block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                          remasking=cfg.remasking, generator=noise_gen, prompt="rl")  # N = questions x G rows
+                          remasking=cfg.remasking, generator=noise_gen, prompt="rl", cache=cfg.cache,
+                          threshold=cfg.threshold)  # N = questions x G rows
 
         # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
         advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
@@ -279,7 +289,7 @@ def train_grpo(cfg: GRPOConfig):
         metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
-            tqdm.write(grpo_log_line(done, row))
+            tqdm.write(grpo_log_line(done, row, fast=bool(cfg.cache or cfg.threshold)))
         if cfg.sample_every and done % cfg.sample_every == 0:
             print_best_and_worst(ro, G)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
@@ -297,6 +307,7 @@ def grpo_metrics(ro, G, mu, loss_mask, sums, seconds):
            "accuracy": ro.correct.mean().item(), "zero_std_share": (group_std < 1e-6).float().mean().item(),
            "kl": sums["kl"] / (n_tokens * mu), "clip_ratio": sums["clipped"] / (n_tokens * mu),
            "loss": sums["loss"] / mu, "completion_length": loss_mask.sum(1).float().mean().item(),
+           "rollout_steps": ro.steps,
            **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
     for name, values in ro.rewards.items():
         row[f"reward/{name}"] = values.mean().item()
@@ -304,12 +315,14 @@ def grpo_metrics(ro, G, mu, loss_mask, sums, seconds):
     return row
 
 
-def grpo_log_line(step, row):
-    """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update."""
+def grpo_log_line(step, row, fast=False):
+    """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update. With the
+    fast sampler (fast=True) it ends with the rollout's sampler steps (d1's: diffusion_steps)."""
     return (f"grpo step {step:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
             f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
             f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "
-            f"s {row['seconds_rollout']:.1f}+{row['seconds_logps']:.1f}+{row['seconds_update']:.1f}")
+            f"s {row['seconds_rollout']:.1f}+{row['seconds_logps']:.1f}+{row['seconds_update']:.1f}"
+            + (f" | steps {row['rollout_steps']}" if fast else ""))
 
 
 def print_best_and_worst(ro, G):

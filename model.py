@@ -14,11 +14,13 @@ the same class runs a 3M-parameter classroom model and the 8B checkpoint (LLaDA 
     from model import Config, Model
     model = Model(Config.preset("tiny")); model.init_weights()
     logits = model(input_ids)                      # (B, T, V)
+    logits = model(x, mask, kv_cache=cache.fill())  # the same, and records every layer's K, V (KVCache)
     model = load_pretrained("LLaDA-8B-Instruct")   # checkpoint.py: the official folder (bf16)
 
 Shape legend used in every file of this project:
     B batch, T sequence length, P prompt length, C completion length, G group size,
-    V vocabulary (embedding rows), D model width, H heads, Dh head width (D / H), F MLP width.
+    V vocabulary (embedding rows), D model width, H heads, Dh head width (D / H), F MLP width,
+    S the positions a cached forward (KVCache) or a sampler step runs (S = T without a cache).
 
 Module tree (= state_dict keys of the official checkpoint, no renaming):
     model.transformer.wte                      token embedding (V, D)
@@ -176,7 +178,8 @@ def apply_rope(x, cos, sin):
 #
 # All three compute softmax(q k^T / sqrt(Dh)) v with NO causal mask. `key_mask` (B, T) marks real
 # tokens with True; padded KEYS are ignored, while padded QUERY rows are still computed (they
-# attend to the real keys and their outputs are simply never used).
+# attend to the real keys and their outputs are simply never used). In a cached forward (KVCache)
+# the queries are fewer than the keys: q (B, H, S, Dh) against k, v (B, H, T, Dh); all three work.
 
 
 def eager_attention(q, k, v, key_mask):
@@ -206,8 +209,9 @@ def flex_attention(q, k, v, block_mask):
     return _compiled_flex(q, k, v, block_mask=block_mask)
 
 
-def make_flex_block_mask(key_mask, n_heads, T, device):
-    """Block mask for FlexAttention, built once per forward and shared by every layer."""
+def make_flex_block_mask(key_mask, n_heads, T, device, q_len=None):
+    """Block mask for FlexAttention, built once per forward and shared by every layer. q_len: the
+    number of queries when it is not T (a cached forward runs fewer positions than it attends to)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     if key_mask is None:
@@ -216,7 +220,7 @@ def make_flex_block_mask(key_mask, n_heads, T, device):
     def keep_real_keys(b, h, q_idx, kv_idx):
         return key_mask[b, kv_idx]
 
-    return create_block_mask(keep_real_keys, B=key_mask.size(0), H=None, Q_LEN=T, KV_LEN=T, device=device)
+    return create_block_mask(keep_real_keys, B=key_mask.size(0), H=None, Q_LEN=q_len or T, KV_LEN=T, device=device)
 
 
 # -----------------------------------------------------------------------------
@@ -240,14 +244,16 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(D, F_, bias=False)
         self.ff_out = nn.Linear(F_, D, bias=False)
 
-    def forward(self, x, rope, attend):
-        B, T, D = x.shape
+    def forward(self, x, rope, attend, kv_cache=None, layer=0):
+        B, S, D = x.shape  # S positions run: all T of them, except in a cached forward
         h = self.attn_norm(x)
-        q, k, v = (proj(h).view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, Dh)
+        q, k, v = (proj(h).view(B, S, self.n_heads, -1).transpose(1, 2)  # (B, H, S, Dh)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = attend(q, k, v)  # (B, H, T, Dh)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, D))
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # "fill": recorded; "use": (B, H, T, Dh), recorded + fresh
+        y = attend(q, k, v)  # (B, H, S, Dh): one output per query
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, S, D))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -294,25 +300,34 @@ class Model(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, input_ids, attention_mask=None):
-        """input_ids (B, T) of token ids; attention_mask (B, T) with 1 = real token, 0 = padding."""
+    def forward(self, input_ids, attention_mask=None, kv_cache=None):
+        """input_ids (B, T) of token ids; attention_mask (B, T) with 1 = real token, 0 = padding.
+
+        kv_cache: None (training, the reference sampler), or a KVCache for the fast samplers. In its
+        "fill" mode nothing changes but every layer's keys and values are recorded; in its "use"
+        mode input_ids holds only the positions lo..hi-1 of the sequence, (B, S), which attend to
+        the recorded keys and values of every other position; attention_mask still covers all T
+        positions, and the logits are (B, S, V). See KVCache."""
         cfg, tr = self.config, self.model.transformer
-        B, T = input_ids.shape
+        B, S = input_ids.shape  # S = T, except in a cached forward
+        lo, T = (0, S) if kv_cache is None else kv_cache.positions(S)  # run positions lo..lo+S-1 of T
         if T > cfg.max_sequence_length:
             raise ValueError(f"input of length {T} exceeds the model's context of {cfg.max_sequence_length} tokens")
         key_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
         if key_mask is not None and key_mask.all():
             key_mask = None  # nothing padded: take the unmasked (fastest) kernels
-        attend = self._attention(key_mask, T, input_ids.device)
-        rope = rope_tables(T, cfg.head_dim, cfg.rope_theta, input_ids.device)  # 2 x (T, Dh)
+        attend = self._attention(key_mask, S, T, input_ids.device)
+        cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta, input_ids.device)  # 2 x (T, Dh)
+        rope = cos[lo:lo + S], sin[lo:lo + S]  # 2 x (S, Dh): the positions that run, at their true places
 
-        x = tr.wte(input_ids)  # (B, T, D); no scaling, no position embedding (RoPE does positions)
-        for block in tr.blocks:
-            x = block(x, rope, attend)
-        return tr.ff_out(tr.ln_f(x))  # (B, T, V): logit i predicts the token AT position i
+        x = tr.wte(input_ids)  # (B, S, D); no scaling, no position embedding (RoPE does positions)
+        for i, block in enumerate(tr.blocks):
+            x = block(x, rope, attend, kv_cache, layer=i)
+        return tr.ff_out(tr.ln_f(x))  # (B, S, V): logit i predicts the token AT position i
 
-    def _attention(self, key_mask, T, device):
-        """Pick the attention function once per forward (and, for flex, build its block mask once)."""
+    def _attention(self, key_mask, S, T, device):
+        """Pick the attention function once per forward (and, for flex, build its block mask once):
+        S queries attend to T keys (S = T except in a cached forward)."""
         impl = self.config.attn_impl
         if impl == "eager":
             return lambda q, k, v: eager_attention(q, k, v, key_mask)
@@ -321,5 +336,70 @@ class Model(nn.Module):
         if device.type == "cpu" and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             raise RuntimeError("attn_impl='flex' has no backward pass on CPU (torch 2.13); "
                                "train with attn_impl='sdpa', or run flex under torch.no_grad()")
-        block_mask = make_flex_block_mask(key_mask, self.config.n_heads, T, device)
+        block_mask = make_flex_block_mask(key_mask, self.config.n_heads, T, device, q_len=S)
         return lambda q, k, v: flex_attention(q, k, v, block_mask)
+
+
+# -----------------------------------------------------------------------------
+# The key-value cache of the fast samplers
+
+
+class KVCache:
+    """Every layer's keys and values, kept between sampler steps: Fast-dLLM's block-level
+    approximate KV cache (Wu et al. 2025, arXiv 2505.22618). Model.forward reads it.
+
+    A diffusion LM attends both ways, so a token's keys and values change whenever any token
+    changes, and no cache is exact. But while the sampler fills one block, the keys and values of
+    the other positions barely move: Fast-dLLM records them once per block and recomputes only
+    the block (its positions are the ones that change).
+
+        cache = KVCache()
+        logits = model(x, mask, kv_cache=cache.fill())               # (B, T, V), as without a cache;
+                                                                     # keys[i], values[i]: (B, H, T, Dh)
+        logits = model(x[:, lo:hi], mask, kv_cache=cache.use(lo, hi))    # (B, hi - lo, V)
+
+    In "use" mode only positions lo..hi-1 run (RoPE at their true positions); in every layer their
+    queries attend to their own fresh keys and values and to the recorded ones of the rest:
+
+        P P P P P P | b b b b | M M M M M M M M      use(lo, hi) over the block b (Fast-dLLM's dual cache)
+        recorded    |  fresh  | recorded
+        P P P P P P | b b b b   M M M M M M M M      use(lo, T): the block and all right of it (prefix cache)
+        recorded    |  fresh                  |
+
+    Keys are recorded after RoPE, so a cached key needs no position of its own."""
+
+    def __init__(self):
+        self.mode, self.lo, self.hi = "fill", 0, 0
+        self.keys, self.values = [], []  # per layer (B, H, T, Dh)
+
+    def fill(self):
+        """The next forward runs every position and records its keys and values (dropping the old)."""
+        self.mode, self.keys, self.values = "fill", [], []
+        return self
+
+    def use(self, lo, hi):
+        """The next forward runs positions lo..hi-1 only, against the recorded keys and values."""
+        if not self.keys:
+            raise RuntimeError("KVCache.use() before any fill(): nothing is recorded yet")
+        self.mode, self.lo, self.hi = "use", lo, hi
+        return self
+
+    def positions(self, S):
+        """(lo, T) for a forward of S input positions: the first one's position, the sequence length."""
+        if self.mode == "fill":
+            return 0, S
+        if S != self.hi - self.lo:
+            raise ValueError(f"KVCache.use({self.lo}, {self.hi}) runs {self.hi - self.lo} positions; got {S}")
+        return self.lo, self.keys[0].size(2)
+
+    def update(self, layer, k, v):
+        """Layer `layer`'s fresh k, v (B, H, S, Dh) -> the k, v its queries attend to."""
+        if self.mode == "fill":
+            self.keys.append(k)  # layers run in order: keys[layer] is this layer's
+            self.values.append(v)
+            return k, v
+        return self._splice(self.keys[layer], k), self._splice(self.values[layer], v)  # (B, H, T, Dh)
+
+    def _splice(self, recorded, fresh):
+        """recorded (B, H, T, Dh) with positions lo..hi-1 replaced by fresh (B, H, hi - lo, Dh)."""
+        return torch.cat([recorded[:, :, :self.lo], fresh, recorded[:, :, self.hi:]], dim=2)

@@ -1,6 +1,6 @@
 """GPU-only checks (skipped without CUDA): compiled FlexAttention forward AND backward agree with the
-written-out softmax, and a training step with flex runs. Run on a GPU machine with
-`python -m pytest tests/test_gpu.py -v`."""
+written-out softmax, a training step with flex runs, and a cached forward (model.KVCache) agrees with
+every kernel. Run on a GPU machine with `python -m pytest tests/test_gpu.py -v`."""
 import pytest
 import torch
 
@@ -47,3 +47,22 @@ def test_flex_training_step_in_bf16(tiny_model):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_a_cached_forward_with_flex_matches_eager_on_gpu(tiny_model):
+    """model.KVCache with every kernel: the cached positions get the full forward's logits (nothing changed)."""
+    from model import KVCache
+
+    ids = torch.randint(0, 500, (4, 256), device="cuda")
+    mask = torch.ones(4, 256, dtype=torch.long, device="cuda")
+    mask[1, :100] = 0
+    parts = {}
+    for impl in ("eager", "sdpa", "flex"):
+        model, cache = tiny_model(attn_impl=impl, **GPU_SIZES).cuda(), KVCache()
+        with torch.no_grad():
+            full = model(ids, mask, kv_cache=cache.fill())
+            parts[impl] = model(ids[:, 128:160], mask, kv_cache=cache.use(128, 160))
+        rel = ((parts[impl] - full[:, 128:160]).norm() / full[:, 128:160].norm()).item()
+        assert rel < 1e-3, (impl, rel)
+    for impl in ("sdpa", "flex"):
+        assert ((parts[impl] - parts["eager"]).norm() / parts["eager"].norm()).item() < 1e-3, impl
