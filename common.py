@@ -207,7 +207,8 @@ def check_range(cfg, low, high, *keys, low_open=False):
     for key in keys:
         value = getattr(cfg, key)
         if value < low or (low_open and value == low) or (high is not None and value > high):
-            bound = (f"more than {low}" if low_open else f"at least {low}") + (f" and at most {high}" if high is not None else "")
+            bound = f"more than {low}" if low_open else f"at least {low}"
+            bound += f" and at most {high}" if high is not None else ""
             raise ConfigError(f"--{key}={value}: must be {bound}")
 
 

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, check_checkpoint_path, load_model
-from common import ConfigError, autocast, check_choice, cli, one_line_errors, pick_device
+from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import check_fast_sampler, check_sampler, generate
 from tasks_d1 import D1_TASKS
 from tasks_tiny import get_tiny_tasks
@@ -308,8 +308,7 @@ class EvalConfig:
                 task_of(path)
         if self.ckpt:
             check_checkpoint_path(self.ckpt)
-        if self.n < 1 or self.batch_size < 1:
-            raise ConfigError(f"--n={self.n} and --batch_size={self.batch_size} must be at least 1")
+        check_range(self, 1, None, "n", "batch_size")
         check_choice("dtype", self.dtype, ("bfloat16", "float32"))
         pick_device(self.device)
         for g in self.gen_length:

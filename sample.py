@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_any
-from common import ConfigError, check_choice, cli, one_line_errors, pick_device
+from common import ConfigError, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import REMASKING, check_sampler, generate
 from tokenizer import end_of_turn
 
@@ -62,8 +62,7 @@ class SampleConfig:
         pick_device(self.device)
         check_choice("remasking", self.remasking, REMASKING)
         check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        if self.temperature < 0 or self.cfg_scale < 0:
-            raise ConfigError(f"--temperature={self.temperature} and --cfg_scale={self.cfg_scale} must be >= 0")
+        check_range(self, 0, None, "temperature", "cfg_scale")
         check_sampler(self.gen_length, self.block_length, self.steps)
 
 

@@ -55,7 +55,7 @@ def test_too_long_prompt_is_refused_with_its_length(tiny):
     (["--prompt=hi"], "--model is required"),
     (["--model=checkpoints/tiny-sft.pt", "--prompt=  "], "--prompt is required and must not be blank"),
     (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--dtype=int8"], "--dtype='int8': expected one of auto, float32"),
-    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--temperature=-1"], "--temperature=-1.0 and --cfg_scale=0.0 must be >= 0"),
+    (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--temperature=-1"], "--temperature=-1.0: must be at least 0"),
     (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--steps=3"], "--steps=3 must be a multiple of the number of blocks"),
     (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--stepz=3"], "unknown key --stepz; did you mean --steps?"),
     (["--model=nope.pt", "--prompt=hi"], "--model=nope.pt: no such file or folder"),
