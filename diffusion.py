@@ -103,9 +103,11 @@ def add_gumbel_noise(logits, temperature, generator=None):
     in bf16/fp32 the noise of near-tied logits is quantised and sampling becomes biased."""
     if temperature == 0:
         return logits
-    logits = logits.to(torch.float64)
+    # In place after the two float64 arrays exist: LLaDA-8B's (rows, T, 126,464) logits make each one
+    # GBs (memory.py counts them). The values are those of exp(logits) / (-log u)^T written plainly.
+    noisy = logits.to(torch.float64, copy=True)  # never the caller's tensor, even if it is float64
     u = torch.rand(logits.shape, device=logits.device, dtype=torch.float64, generator=generator)
-    return logits.exp() / (-torch.log(u)) ** temperature
+    return noisy.exp_().div_(u.log_().neg_().pow_(temperature))
 
 
 def commit_plan(n_masked, steps):

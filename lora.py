@@ -39,19 +39,23 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.enabled = True
         # A ~ Kaiming-uniform like nn.Linear's default, B = 0: the update starts at exactly zero.
+        # The adapters are float32 even on a bf16 base (LLaDA-8B): with d1's lr of 3e-6, an AdamW
+        # step is far below bf16's resolution (8 bits of mantissa) and would round away to nothing.
         bound = 1 / math.sqrt(in_features)
         A = (torch.rand(r, in_features, generator=generator) * 2 - 1) * bound
-        self.lora_A = nn.Parameter(A.to(self.weight.device, self.weight.dtype))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=self.weight.device, dtype=self.weight.dtype))
+        self.lora_A = nn.Parameter(A.to(self.weight.device))  # (r, in) float32
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=self.weight.device))  # (out, r) float32
 
     def forward(self, x):
         y = F.linear(x, self.weight)
         if self.enabled:
-            y = y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+            A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)  # computed in the input's dtype
+            y = y + F.linear(F.linear(self.dropout(x), A), B) * self.scaling
         return y
 
     def merged_weight(self):
-        return self.weight + (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+        """W + (alpha / r) B A, summed in float32 and returned in W's dtype: (out, in)."""
+        return (self.weight.float() + (self.lora_B @ self.lora_A) * self.scaling).to(self.weight.dtype)
 
 
 def add_lora(model, targets=("q_proj", "k_proj", "v_proj", "up_proj"), r=8, alpha=16.0, dropout=0.0, seed=0):

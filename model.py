@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 ATTN_IMPLS = ("eager", "sdpa", "flex")
 
@@ -274,6 +275,11 @@ class Model(nn.Module):
         })})
         # No initialisation here: under torch.device("meta") nothing is allocated, and a
         # checkpoint load overwrites every tensor anyway. Training from scratch calls init_weights().
+        # Activation checkpointing (off by default): in training, keep only each block's input and
+        # recompute the block's inside during the backward pass. Memory for activations falls from
+        # ~all blocks' intermediates to one block's plus n_layers inputs, for ~1/3 more compute.
+        # LLaDA-8B at d1's lengths needs it on one GPU (memory.py prints the plan).
+        self.checkpointing = False
 
     @property
     def transformer(self):
@@ -321,8 +327,12 @@ class Model(nn.Module):
         rope = cos[lo:lo + S], sin[lo:lo + S]  # 2 x (S, Dh): the positions that run, at their true places
 
         x = tr.wte(input_ids)  # (B, S, D); no scaling, no position embedding (RoPE does positions)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, block in enumerate(tr.blocks):
-            x = block(x, rope, attend, kv_cache, layer=i)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, attend, use_reentrant=False)
+            else:
+                x = block(x, rope, attend, kv_cache, layer=i)
         return tr.ff_out(tr.ln_f(x))  # (B, S, V): logit i predicts the token AT position i
 
     def _attention(self, key_mask, S, T, device):

@@ -168,3 +168,13 @@ def test_log_likelihood_prefers_what_the_model_predicts(tiny_model):
     ll_good = log_likelihood(model, prompt, good, mc_samples=32, batch_size=16, generator=g)
     ll_bad = log_likelihood(model, prompt, bad, mc_samples=32, batch_size=16, generator=g)
     assert ll_good > ll_bad and ll_good < 0
+
+
+def test_gumbel_noise_in_place_equals_the_formula_and_leaves_the_logits_alone():
+    from diffusion import add_gumbel_noise
+    logits = torch.randn(2, 7, 50, dtype=torch.float64)
+    kept = logits.clone()
+    noisy = add_gumbel_noise(logits, 0.9, torch.Generator().manual_seed(3))
+    u = torch.rand(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(noisy, logits.exp() / (-torch.log(u)) ** 0.9)
+    assert torch.equal(logits, kept)  # float64 input: still a copy

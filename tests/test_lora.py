@@ -68,3 +68,25 @@ def test_dropout_only_touches_the_adapter_branch():
     lora = LoRALinear(layer, r=2, alpha=4, dropout=0.5).train()
     x = torch.randn(3, 8)
     torch.testing.assert_close(lora(x), layer(x))  # B = 0: dropout cannot change anything yet
+
+
+def test_adapters_stay_float32_on_a_bf16_base_so_small_updates_are_kept(tiny_model):
+    """d1's lr of 3e-6 moves an adapter by far less than bf16's resolution; in float32 it moves."""
+    model = tiny_model().to(torch.bfloat16)
+    add_lora(model, targets=("q_proj",), r=4, alpha=8)
+    layer = lora_layers(model)[0]
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 5, model.config.d_model, dtype=torch.bfloat16)
+    assert layer(x).dtype == torch.bfloat16  # computed in the input's dtype
+    before = layer.lora_A.detach().clone()
+    layer.lora_B.data.fill_(0.01)  # a trained B, so that A gets a gradient
+    layer(x).float().sum().backward()
+    torch.optim.AdamW([layer.lora_A], lr=3e-6).step()
+    assert (layer.lora_A != before).float().mean() > 0.9  # float32: the step moved nearly every entry
+    # The same step on a bf16 copy of A: rounded away almost everywhere.
+    bf16 = torch.nn.Parameter(before.to(torch.bfloat16))
+    bf16.grad = layer.lora_A.grad.to(torch.bfloat16)
+    torch.optim.AdamW([bf16], lr=3e-6).step()
+    assert (bf16 != before.to(torch.bfloat16)).float().mean() < 0.1
+    merged = merge_lora(model).transformer.blocks[0].q_proj.weight
+    assert merged.dtype == torch.bfloat16
