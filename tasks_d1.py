@@ -4,19 +4,22 @@ checks, as in d1's released code (github.com/dllm-reasoning/d1). The paper: Zhao
 Grover 2025, "d1: Scaling Reasoning in Diffusion Large Language Models via Reinforcement Learning",
 arXiv 2504.12216 (Sec. 4 and Table 1: the evaluation).
 
-    from tasks_d1 import D1_TASKS
+    from tasks_d1 import D1_TASKS, d1_task
     gsm8k = D1_TASKS["gsm8k"]                       # also "math500", "countdown", "sudoku"
-    items = gsm8k.load("../shared/data/gsm8k/test.jsonl")   # local files in their published formats
+    gsm8k = d1_task("gsm8k")                        # the same; d1_task("math") is "math500"
+    items = gsm8k.load("../shared/data/gsm8k/test.jsonl")   # local files in their published formats:
+    items = gsm8k.load("gsm8k_train.parquet")       #   .jsonl, .json, .csv, .parquet (needs pyarrow)
     gsm8k.eval_prompt(items[0])                     # user message; the assistant turn starts with
     gsm8k.eval_prefix                               #   "<reasoning>" (d1's evaluation prefills it)
     gsm8k.correct_counts(completion, items[0])      # (correct, total) with d1's evaluation parsing
     gsm8k.correct(completion, items[0])             # the same as a share, 0.0 .. 1.0
     gsm8k.rewards(completion, items[0])             # {reward function: value}: diffu-GRPO's (Sec. 3.2)
 
-Every task implements tasks.Task. The parsing itself (boxes, answer tags, MATH normalisation, the
-safe Countdown evaluator) lives in scoring.py. A completion is the assistant's text from "<reasoning>"
-(prepend eval_prefix if it was prefilled); the rewards read it up to the end of the turn, while the
-evaluation checks see the raw text, as d1's do.
+A bad data file raises data_d1.DataError (a ValueError) naming file, line and field. Every task implements
+tasks.Task. The parsing itself (boxes, answer tags, MATH normalisation, the safe Countdown evaluator)
+lives in scoring.py. A completion is the assistant's text from "<reasoning>" (prepend eval_prefix if
+it was prefilled); the rewards read it up to the end of the turn, while the evaluation checks see the
+raw text, as d1's do.
 
 Deviations of the RL rewards from d1's released code (each is also noted where it is written):
 1. The completion is cut at the end of the turn (tokenizer.end_of_turn); d1 decodes with
@@ -28,15 +31,14 @@ Deviations of the RL rewards from d1's released code (each is also noted where i
 4. Countdown is computed by scoring.safe_eval, never eval(). Its 0.1 for a wrong answer in tags is
    given even for wrong numbers, as in the code that was run (the paper says right numbers only).
 """
-import csv
-import json
 import re
-from pathlib import Path
+
+from data_d1 import DataError, as_integers, get_field, parse_all
 
 from scoring import (countdown_correct, countdown_eval_equation, first_answer, gsm8k_eval_answer,
                      last_boxed, math_eval_answer, math_equiv, remove_boxed, sudoku_cells,
                      sudoku_eval_answer, sudoku_share)
-from tasks import Task
+from tasks import Task, TaskError
 from tokenizer import end_of_turn
 
 # ----------------------------------------------------------------------------- d1's prompts
@@ -85,45 +87,6 @@ COUNTDOWN_RL_QUESTION = (
     "<answer>\n2*4-3\n</answer>")
 
 
-# ----------------------------------------------------------------------------- loaders
-
-def _records(path):
-    """Yield (line number, record dict) from a .jsonl file or a .csv file with a header."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        if path.suffix == ".csv":
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, row
-            return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            yield lineno, record
-
-
-def _field(record, key, kind):
-    """record[key], checked to be of type kind (a clear message instead of a KeyError)."""
-    if not isinstance(record, dict) or key not in record:
-        found = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"missing field {key!r} (found {found})")
-    if not isinstance(record[key], kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise ValueError(f"field {key!r} should be a {names}, got {record[key]!r:.60}")
-    return record[key]
-
-
-def _integers(values, what) -> list[int]:
-    try:
-        return [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} should be integers, got {values!r:.60}") from None
-
-
 # ----------------------------------------------------------------------------- d1's four tasks
 
 class D1Task(Task):
@@ -135,14 +98,9 @@ class D1Task(Task):
     eval_prefix = "<reasoning>"  # d1's evaluation prefills the assistant turn with it
 
     def load(self, path) -> list[dict]:
-        """Items from a local file; a malformed record raises ValueError naming file and line."""
-        items = []
-        for lineno, record in _records(path):
-            try:
-                items.append(self.parse(record))
-            except ValueError as e:
-                raise ValueError(f"{path}, line {lineno}: bad {self.name} record: {e}") from None
-        return items
+        """Items from a local .jsonl, .json, .csv or .parquet file; a malformed record, or another
+        task's data, raises DataError naming file, line (or row) and field."""
+        return parse_all(path, self.parse, self.name)
 
     def parse(self, record: dict) -> dict:
         raise NotImplementedError
@@ -150,6 +108,19 @@ class D1Task(Task):
     def from_generation(self, record: dict) -> dict:
         """The item behind a record of d1's published generation files (question, ground_truth)."""
         raise NotImplementedError
+
+    def ground_truth(self, item: dict):
+        """The inverse of from_generation: the "ground_truth" that d1's generation files hold."""
+        raise NotImplementedError
+
+    def question(self, item: dict) -> str:
+        """The question as d1's generation files record it: the eval prompt's last part."""
+        return item["question"]
+
+    def generation_record(self, item: dict, answer: str) -> dict:
+        """One record of d1's generation files: the question, the answer written after the
+        prefilled "<reasoning>", and the ground truth (eval.py --rescore reads these back)."""
+        return {"question": self.question(item), "generations": answer, "ground_truth": self.ground_truth(item)}
 
     def correct_counts(self, text: str, item: dict) -> tuple[int, int]:
         raise NotImplementedError
@@ -223,15 +194,18 @@ class GSM8K(D1Task):
     name = "gsm8k"
 
     def parse(self, record):
-        solution = _field(record, "answer", str)
+        question, solution = get_field(record, "question", str), get_field(record, "answer", str)
         if "####" not in solution:
-            raise ValueError('field "answer" has no "#### N" final answer')
-        return {"question": _field(record, "question", str), "solution": solution,
-                "answer": solution.split("####")[1].strip()}
+            raise DataError('field "answer" has no "#### N" final answer')
+        return {"question": question, "solution": solution, "answer": solution.split("####")[1].strip()}
 
     def from_generation(self, record):
         # the published ground truths are floats, and one is None (that item counts as wrong)
         return {"question": record["question"], "answer": record["ground_truth"]}
+
+    def ground_truth(self, item):
+        answer = item["answer"]  # a float already when the item came from a generation file
+        return float(answer.replace(",", "")) if isinstance(answer, str) else answer  # "1,450,000"
 
     def rl_prompt(self, item):
         return SYSTEM_PROMPT + "\n\n" + item["question"]
@@ -250,10 +224,8 @@ class GSM8K(D1Task):
                 "correctness": 2.0 * (answer == item["answer"])}   # string equality, as in d1
 
     def correct_counts(self, text, item):
-        value, gold = gsm8k_eval_answer(text), item["answer"]
-        if isinstance(gold, str):
-            gold = float(gold.replace(",", ""))  # "1,450,000" in the test set
-        return int(value is not None and value == gold), 1
+        value = gsm8k_eval_answer(text)
+        return int(value is not None and value == self.ground_truth(item)), 1
 
 
 class MATH500(D1Task):
@@ -267,19 +239,22 @@ class MATH500(D1Task):
     name = "math500"
 
     def parse(self, record):
-        problem = _field(record, "problem", str)
+        problem = get_field(record, "problem", str)
         solution, answer = record.get("solution", ""), record.get("answer")
         if not isinstance(solution, str):
-            raise ValueError(f"field 'solution' should be a str, got {solution!r:.60}")
+            raise DataError(f"field 'solution' should be a str, got {solution!r:.60}")
         if answer is None:  # MATH's training files carry the answer only inside the solution
             boxed = last_boxed(solution) if "\\boxed" in solution else None
             if boxed is None:
-                raise ValueError('no field "answer" and no \\boxed{} answer in "solution"')
+                raise DataError('no field "answer" and no \\boxed{} answer in "solution"')
             answer = remove_boxed(boxed)
         return {"question": problem, "solution": solution, "answer": str(answer)}
 
     def from_generation(self, record):
         return {"question": record["question"], "answer": record["ground_truth"]}
+
+    def ground_truth(self, item):
+        return item["answer"]
 
     def rl_prompt(self, item):
         return SYSTEM_PROMPT + "\n\n" + MATH_EXPERT + " \n\n" + item["question"]
@@ -322,22 +297,39 @@ class Countdown(D1Task):
 
     def parse(self, record):
         if isinstance(record, dict) and "input" in record:  # d1's test file: {"input": "a,b,c", ...}
-            numbers = _integers(_field(record, "input", str).split(","), '"input"')
-            target = _integers([_field(record, "output", (str, int))], '"output"')[0]
+            numbers = as_integers(get_field(record, "input", str).split(","), '"input"')
+            target = as_integers([get_field(record, "output", (str, int))], '"output"')[0]
         else:  # TinyZero's training format: {"nums": [...], "target": t}
-            numbers = _integers(_field(record, "nums", list), '"nums"')
-            target = _integers([_field(record, "target", (str, int))], '"target"')[0]
+            numbers = as_integers(get_field(record, "nums", list), '"nums"')
+            target = as_integers([get_field(record, "target", (str, int))], '"target"')[0]
         return {"numbers": numbers, "target": target}
+
+    def load(self, path):
+        """The file's 3-number puzzles: d1 trains on TinyZero's Countdown-Tasks-3to4 filtered to
+        len(nums) == 3 (its test file has only those); other rows are skipped silently."""
+        items = super().load(path)
+        kept = [item for item in items if len(item["numbers"]) == 3]
+        if not kept:
+            sizes = sorted({len(item["numbers"]) for item in items})
+            raise DataError(f"{path}: no Countdown puzzle with 3 numbers (d1 uses only those; "
+                            f"this file's puzzles have {' or '.join(map(str, sizes))} numbers)")
+        return kept
 
     def from_generation(self, record):
         numbers, target = record["ground_truth"]
         return {"numbers": list(numbers), "target": target}
 
+    def ground_truth(self, item):
+        return [list(item["numbers"]), item["target"]]
+
     def rl_prompt(self, item):
         return SYSTEM_PROMPT + "\n" + COUNTDOWN_RL_QUESTION.format(**item)
 
+    def question(self, item):
+        return f"Numbers: {item['numbers']}\nTarget: {item['target']}"
+
     def eval_prompt(self, item):
-        return COUNTDOWN_EVAL_PROMPT + "\n\n" + f"Numbers: {item['numbers']}\nTarget: {item['target']}"
+        return COUNTDOWN_EVAL_PROMPT + "\n\n" + self.question(item)
 
     def rewards(self, completion, item):
         """d1's Countdown reward (TinyZero's): the expression in the LAST answer tags; 1.0 if it
@@ -363,21 +355,27 @@ class Sudoku(D1Task):
     name = "sudoku"
 
     def parse(self, record):
-        puzzle, solution = _field(record, "Puzzle", str), _field(record, "Solution", str)
+        puzzle, solution = get_field(record, "Puzzle", str), get_field(record, "Solution", str)
         if not (re.fullmatch(r"[0-4]{16}", puzzle) and re.fullmatch(r"[1-4]{16}", solution)):
-            raise ValueError(f"want 16 digits 0-4 and 16 digits 1-4, got {puzzle!r}, {solution!r}")
+            raise DataError(f"want 16 digits 0-4 and 16 digits 1-4, got {puzzle!r}, {solution!r}")
         if any(p not in ("0", s) for p, s in zip(puzzle, solution)):
-            raise ValueError(f"solution {solution} contradicts puzzle {puzzle}")
+            raise DataError(f"solution {solution} contradicts puzzle {puzzle}")
         return {"puzzle": puzzle, "solution": solution}
 
     def from_generation(self, record):
         found = re.search(r"Sudoku puzzle: ([0-9]{16})", record["question"])
         if not found:
-            raise ValueError(f"no 'Sudoku puzzle: <16 digits>' in question {record['question']!r:.80}")
+            raise DataError(f"no 'Sudoku puzzle: <16 digits>' in question {record['question']!r:.80}")
         return {"puzzle": found.group(1), "solution": str(record["ground_truth"])}
 
+    def ground_truth(self, item):
+        return item["solution"]
+
+    def question(self, item):
+        return f"Solve the following Sudoku puzzle: {item['puzzle']}\n"
+
     def rl_prompt(self, item):
-        return SUDOKU_SYSTEM_PROMPT + "\n\n" + f"Solve the following Sudoku puzzle: {item['puzzle']}\n"
+        return SUDOKU_SYSTEM_PROMPT + "\n\n" + self.question(item)
 
     eval_prompt = rl_prompt  # d1 uses the same prompt for both
 
@@ -391,3 +389,13 @@ class Sudoku(D1Task):
 
 
 D1_TASKS = {task.name: task for task in (GSM8K(), MATH500(), Countdown(), Sudoku())}
+_ALIASES = {"math": "math500"}  # what the training command line types: --task=gsm8k|math|countdown|sudoku
+D1_TASK_NAMES = (*D1_TASKS, *_ALIASES)  # what --task accepts
+
+
+def d1_task(name: str) -> D1Task:
+    """The d1 task called name: a key of D1_TASKS, or "math" (= "math500")."""
+    task = D1_TASKS.get(_ALIASES.get(name, name))
+    if task is None:
+        raise TaskError(f"unknown d1 task {name!r}; valid: {', '.join(D1_TASKS)} (or math = math500)")
+    return task

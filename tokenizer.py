@@ -6,6 +6,7 @@ The tokenizer: LLaDA's byte-level BPE run by tiktoken, its special tokens, and i
     tok = Tokenizer.from_pretrained("LLaDA-8B-Instruct")  # a folder holding the released tokenizer.json
     ids = tok.chat("What is 2+3?")                  # == tok.encode(chat_prompt("What is 2+3?"))
     print(tok.decode(ids), tok.mask_id, tok.n_vocab)
+    tok.save_pretrained("out/tiny-hf")              # writes out/tiny-hf/tokenizer.json (see below)
     end_of_turn("5</answer><|eot_id|><|endoftext|>")  # '5</answer>': the answer, cut at the turn's end
 
 One class, two sources of ranks:
@@ -18,11 +19,16 @@ One class, two sources of ranks:
 
 Both behave like LLaDA's tokenizer with add_special_tokens off: no BOS is added (the chat template has
 one), special-token strings inside the text become their ids, and NFC is applied to the rest.
+Both can be written back with save_pretrained(folder), which from_pretrained(folder) reads: a copy of
+the file read (with its tokenizer_config.json and special_tokens_map.json), or, for the tiny
+tokenizer, a tokenizer.json generated in the same format (hf_json), so an exported model folder
+carries the tokenizer it was trained with.
 """
 import base64
 import collections
 import functools
 import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -55,12 +61,21 @@ def end_of_turn(text: str) -> str:
 
 
 class Tokenizer:
-    def __init__(self, encoding: tiktoken.Encoding, special_tokens: dict[str, int],
-                 normalize: bool = True, source: str = "tokenizer"):
-        self.encoding = encoding  # runs the BPE on ordinary text; knows the special ids for decoding
+    def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str,
+                 normalize: bool = True, source: str = "tokenizer", source_file=None):
+        """ranks: the bytes of every BPE token -> its id (tiktoken's "mergeable ranks": a merge's id is
+        its priority); special_tokens: string -> id; pattern: the pre-tokenizer regex; normalize: apply
+        NFC; source: names the origin in error messages; source_file: the tokenizer.json it was read
+        from, if any (save_pretrained copies it)."""
+        self.ranks = ranks  # kept (not copied: tiktoken holds the same dict) to write tokenizer.json
+        self.pattern = pattern  # cuts the text into pieces before the BPE runs on each
         self.special_tokens = dict(special_tokens)  # string -> id
         self.normalize = normalize  # apply NFC to ordinary text (LLaDA's normaliser)
-        self.n_vocab = encoding.n_vocab  # largest id + 1
+        self.source_file = None if source_file is None else Path(source_file)
+        # tiktoken runs the BPE on ordinary text and knows the special ids for decoding.
+        self.encoding = tiktoken.Encoding(source, pat_str=pattern, mergeable_ranks=ranks,
+                                          special_tokens=self.special_tokens)
+        self.n_vocab = self.encoding.n_vocab  # largest id + 1
         for s in SPECIAL_TOKENS:
             if s not in self.special_tokens:
                 raise ValueError(f"{source}: special token {s!r} is missing from the added tokens")
@@ -84,14 +99,13 @@ class Tokenizer:
         specials = {s: 256 + i for i, s in enumerate(SPECIAL_TOKENS)}
         for k, token in enumerate(read_merges(TINY_MERGES_FILE)):
             ranks[token] = 256 + len(SPECIAL_TOKENS) + k  # a merge's rank is its order of creation
-        encoding = tiktoken.Encoding("nano-d1-tiny", pat_str=TINY_PATTERN, mergeable_ranks=ranks,
-                                     special_tokens=specials)
-        return Tokenizer(encoding, specials, source="Tokenizer.tiny()")
+        return Tokenizer(ranks, specials, TINY_PATTERN, source="Tokenizer.tiny()")
 
     @classmethod
     def from_pretrained(cls, path) -> "Tokenizer":
         """path: a folder holding tokenizer.json, or the file itself. Other files in the folder
-        (tokenizer_config.json, ...) are not read: every fact needed is in tokenizer.json."""
+        (tokenizer_config.json, ...) are not read: every fact needed is in tokenizer.json. The file's
+        path is remembered: save_pretrained copies the file rather than writing a new one."""
         file = Path(path)
         if file.is_dir():
             file = file / "tokenizer.json"
@@ -99,9 +113,77 @@ class Tokenizer:
         specials = _added_tokens(spec, file)
         vocab = _base_vocab(spec, specials, file)
         _check_merges(spec["model"].get("merges", []), vocab, file)
-        encoding = tiktoken.Encoding(file.parent.name or "tokenizer", pat_str=_pattern(spec, file),
-                                     mergeable_ranks=_byte_ranks(vocab, file), special_tokens=specials)
-        return cls(encoding, specials, normalize=_uses_nfc(spec, file), source=str(file))
+        return cls(_byte_ranks(vocab, file), specials, _pattern(spec, file),
+                   normalize=_uses_nfc(spec, file), source=str(file), source_file=file)
+
+    def save_pretrained(self, directory) -> None:
+        """Write directory/tokenizer.json (creating the folder) so that from_pretrained(directory)
+        gives this tokenizer back: the same ids for any text, the same special ids, the same NFC.
+
+        A tokenizer read by from_pretrained copies its file byte for byte, with Hugging Face's side
+        files found next to it (tokenizer_config.json, special_tokens_map.json: transformers reads
+        the chat template and the special-token roles from them), so the copy is the released file.
+        Any other tokenizer (Tokenizer.tiny()) gets a tokenizer.json written by hf_json().
+        Each file is written to a .tmp file first, then renamed: a crash never leaves half a file."""
+        directory = Path(directory)
+        if self.source_file is None:
+            text = json.dumps(self.hf_json(), indent=2, ensure_ascii=False) + "\n"
+            files = {"tokenizer.json": text.encode("utf-8")}
+        else:
+            try:  # the file as it is now: it must not have been edited since from_pretrained read it
+                files = {"tokenizer.json": self.source_file.read_bytes()}
+            except OSError as e:
+                raise FileNotFoundError(f"{self.source_file}: cannot copy the tokenizer.json this "
+                                        f"tokenizer was read from ({e.strerror})") from None
+            for name in HF_SIDE_FILES:
+                side = self.source_file.with_name(name)
+                if side.is_file():
+                    files[name] = side.read_bytes()
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            tmp = directory / (name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, directory / name)
+
+    def hf_json(self) -> dict:
+        """This tokenizer as a Hugging Face tokenizer.json (a dict), in the layout of LLaDA's: a
+        byte-level BPE whose vocab maps pieces written in GPT-2's byte characters to ids, its merges
+        in id order, the special tokens as added tokens (and in the vocab), an NFC normaliser (if
+        used), and the pre-tokenizer Split(pattern, Isolated) then ByteLevel without its own regex.
+
+        tiktoken keeps only the ids of the merged tokens, not the pairs they were made from. Each
+        merge is written as the pair tiktoken itself joins last when it encodes the token alone
+        (_merge_parts): "hello" (id 300), with "he" 260, "ll" 270, "hell" 280, "llo" 290, is built
+        h e l l o -> he l l o -> he ll o -> hell o -> hello, so its merge is "hell o". Reading the
+        file back gives the same ranks whatever the pairs (from_pretrained reads the vocab and only
+        checks the merges); the pairs matter to Hugging Face's tokenizers, which then cut text as
+        tiktoken does (checked on the tiny and the tests' fake LLaDA tokenizers)."""
+        to_char = bytes_to_unicode()
+        tokens = sorted(self.ranks, key=self.ranks.__getitem__)  # in id order = merge order
+
+        def piece(token: bytes) -> str:
+            return "".join(to_char[b] for b in token)
+
+        merges = [" ".join(map(piece, _merge_parts(t, self.ranks))) for t in tokens if len(t) > 1]
+        # The added tokens go in the vocab too: Hugging Face's reader takes an added token's id from
+        # the vocab, else numbers it after the vocab (ignoring the file's "id"), which would be wrong
+        # where the special ids sit below the merges (the tiny tokenizer's 256..261).
+        specials = sorted(self.special_tokens.items(), key=lambda item: item[1])
+        vocab = dict(sorted([*((piece(t), self.ranks[t]) for t in tokens), *specials], key=lambda kv: kv[1]))
+        added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for s, i in specials]
+        return {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": {"type": "NFC"} if self.normalize else None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False, "vocab": vocab, "merges": merges},
+        }
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids. No BOS is added. Special-token strings in the text become their ids.
@@ -213,6 +295,35 @@ def bytes_to_unicode() -> dict[int, str]:
     table = {b: chr(b) for b in printable}
     table.update({b: chr(256 + n) for n, b in enumerate(others)})
     return table
+
+
+# Hugging Face's tokenizer files besides tokenizer.json; save_pretrained copies them along with it.
+HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _merge_parts(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two lower-id tokens a merged token is written as in tokenizer.json's merges: the two that
+    tiktoken joins last when it encodes the token on its own (its BPE run on the token's bytes with
+    the lower-id tokens only). Hugging Face's BPE joins only the listed pairs; listing these makes it
+    take tiktoken's steps. (The split whose larger id is smallest, the other obvious choice, is not
+    always the pair tiktoken reaches; Hugging Face would then cut some words differently, e.g.
+    " solved" as " solv" + "ed" where tiktoken has one token.) A token that tiktoken never builds on
+    its own falls back to that split."""
+    limit = ranks[token]
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        rank, i = min((ranks.get(a + b, limit), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+        if rank >= limit:  # no join below the token's own id is left
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]  # the lowest id first, the leftmost among equals
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    splits = [(token[:k], token[k:]) for k in range(1, len(token))]
+    splits = [(a, b) for a, b in splits if ranks.get(a, limit) < limit and ranks.get(b, limit) < limit]
+    if not splits:
+        raise ValueError(f"token {token!r} (id {limit}) is not two lower-id tokens joined: "
+                         "it cannot be written as a BPE merge")
+    return min(splits, key=lambda pair: max(ranks[pair[0]], ranks[pair[1]]))
 
 
 def _read_json(file: Path) -> dict:

@@ -1,6 +1,7 @@
 """tasks_d1.py: d1's four benchmarks. Rewards on hand-written completions, the evaluation checks,
 the docstring examples, and the loaders (on hand-made files, and on the published ones in ../shared)."""
 import re
+import time
 
 import pytest
 
@@ -61,6 +62,97 @@ def test_countdown_and_sudoku_rewards():
     assert reward("<answer>1234341221430000</answer>") == 0.8
     assert reward("<answer>12343412</answer>") == 0.6  # padded with zeros
     assert reward("1234341221434321") == 0.0  # no tags
+
+
+def gsm8k_rewards(xml, soft, strict, integer, correct):
+    return {"xmlcount": xml, "soft_format": soft, "strict_format": strict, "int": integer,
+            "correctness": correct}
+
+
+@pytest.mark.parametrize("answer, gold, expected", [
+    # "int" is str.isdigit() of the stripped answer; correctness is string equality, as in d1
+    ("5", "5", gsm8k_rewards(0.5, 0.5, 0.5, 0.5, 2.0)),
+    (" 5 ", "5", gsm8k_rewards(0.5, 0.5, 0.5, 0.5, 2.0)),   # stripped before both checks
+    ("5.0", "5", gsm8k_rewards(0.5, 0.5, 0.5, 0.0, 0.0)),   # the same number, another string
+    ("-5", "5", gsm8k_rewards(0.5, 0.5, 0.5, 0.0, 0.0)),    # "-" is not a digit
+    ("-5", "-5", gsm8k_rewards(0.5, 0.5, 0.5, 0.0, 2.0)),
+    ("1,000", "1,000", gsm8k_rewards(0.5, 0.5, 0.5, 0.0, 2.0)),
+    ("1000", "1,000", gsm8k_rewards(0.5, 0.5, 0.5, 0.5, 0.0)),
+])
+def test_gsm8k_integer_and_exact_answer_rewards(answer, gold, expected):
+    text = f"<reasoning>\n2+3\n</reasoning>\n<answer>\n{answer}\n</answer>\n"
+    assert D1_TASKS["gsm8k"].rewards(text, {"question": "?", "answer": gold}) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    # no opening <reasoning>: 3 tags (0.375); both format regexes are anchored at the start
+    ("2+3=5\n</reasoning>\n<answer>\n5\n</answer>\n", gsm8k_rewards(0.375, 0.0, 0.0, 0.5, 2.0)),
+    # two reasoning blocks: those two tags count 0, the answer tags 0.25; .*? spans both blocks
+    ("<reasoning>\na\n</reasoning>\n<reasoning>\nb\n</reasoning>\n<answer>\n5\n</answer>\n",
+     gsm8k_rewards(0.25, 0.5, 0.5, 0.5, 2.0)),
+    # no closing </answer> (cut at EOS): 3 tags, no trailing charge; the answer is read after <answer>
+    ("<reasoning>\nx\n</reasoning>\n<answer>\n5" + EOT + EOS, gsm8k_rewards(0.375, 0.0, 0.0, 0.5, 2.0)),
+    # tags without their newlines: the XML count sees none, the soft format (\s*) still matches
+    ("<reasoning>2+3</reasoning><answer>5</answer>", gsm8k_rewards(0.0, 0.5, 0.0, 0.5, 2.0)),
+    # text before <reasoning>: the tags all count, the formats (re.match) do not
+    ("Sure!\n<reasoning>\nx\n</reasoning>\n<answer>\n5\n</answer>\n", gsm8k_rewards(0.5, 0.0, 0.0, 0.5, 2.0)),
+    # 10 characters after "</answer>\n": 0.5 - 0.010
+    ("<reasoning>\nx\n</reasoning>\n<answer>\n5\n</answer>\n0123456789",
+     gsm8k_rewards(0.49, 0.5, 0.0, 0.5, 2.0)),
+])
+def test_gsm8k_format_rewards_on_tag_edge_cases(text, expected):
+    got = D1_TASKS["gsm8k"].rewards(text, GSM)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("text, expected", [
+    # format: 1.0 tags with \boxed in the FIRST answer tag, 0.75 tags only, 0.5 \boxed only, 0.25 neither
+    (r"\boxed{1/2} <answer>1/2</answer>", {"correctness": 2.0, "format": 0.375}),   # box outside
+    (r"\boxed{3}, then <answer>\boxed{1/2}</answer>", {"correctness": 2.0, "format": 0.5}),  # both
+    (r"<answer>\boxed{2}</answer> <answer>1/2</answer>", {"correctness": 0.0, "format": 0.5}),
+    (r"<answer>\boxed 1/2$</answer>", {"correctness": 2.0, "format": 0.5}),  # "\boxed " up to "$"
+    ("<answer>\\boxed{1/2}" + EOT + "</answer>", {"correctness": 2.0, "format": 0.25}),  # cut: no tags
+    ("<answer>0.5</answer>", {"correctness": 0.0, "format": 0.375}),  # no box: the whole text compared
+    ("0.5", {"correctness": 2.0, "format": 0.125}),                   # ... which here is the answer
+])
+def test_math_format_reward_where_the_box_is(text, expected):
+    item = {"question": "Half of 1?", "answer": r"\frac12"}
+    assert D1_TASKS["math500"].rewards(text, item) == expected
+
+
+@pytest.mark.parametrize("numbers, target, answer, reward, evaluation", [
+    ([12, 4, 5], 15, "(12/4)*5", 1.0, 1),
+    ([12, 4, 5], 15, "12/(4*5)", 0.1, 0),              # 0.6
+    ([7, 2, 4], 14, "7/2*4", 1.0, 1),                   # 3.5 on the way
+    ([30, 100, 93], 23, "\n 30 - (100 - 93) \n", 1.0, 1),
+    ([30, 100, 93], 23, "30-100-93", 0.1, 0),
+    # the reward counts the target as a fourth number; the evaluation keeps "expr" of "expr = number"
+    ([30, 100, 93], 23, "30-(100-93)=23", 0.1, 1),
+    ([90, 43, 90], 43, "90/90*43", 1.0, 1),             # a repeated number, used twice
+    ([90, 43, 90], 43, "43", 0.1, 0),
+    ([5, 5, 3], 3, "3/(5-5)", 0.1, 0),                  # division by zero: no value
+    ([49, 55, 53], 51, "49**55**53", 0.1, 0),           # eval() would never finish; "**" is refused
+])
+def test_countdown_rewards_with_division_and_parentheses(numbers, target, answer, reward, evaluation):
+    item = {"numbers": numbers, "target": target}
+    start = time.perf_counter()
+    assert D1_TASKS["countdown"].rewards(f"<reasoning>\n...\n</reasoning>\n<answer>{answer}</answer>",
+                                         item) == {"countdown": reward}
+    assert D1_TASKS["countdown"].correct_counts(f"\\boxed{{{answer}}}", item) == (evaluation, 1)
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("answer, expected", [
+    # puzzle 1204340021034021: the empty cells are 2, 6, 7, 10, 13; the solution has 3, 1, 2, 4, 3 there
+    ("12343412214343219999", 1.0),     # longer than 16: cut to 16
+    ("01234341221434321", 0.0),        # a leading 0 shifts every cell: 2, 4, 1, 1, 4 are all wrong
+    ("123", 0.2),                      # padded with "0": only cell 2 (a "3") is right
+    ("", 0.0),
+    ("12-34-34-12-21-43-43-21", 1.0),  # only the digits are read
+])
+def test_sudoku_answer_shorter_or_longer_than_16(answer, expected):
+    item = {"puzzle": "1204340021034021", "solution": "1234341221434321"}
+    assert D1_TASKS["sudoku"].rewards(f"<answer>{answer}</answer>", item) == {"sudoku": expected}
 
 
 # ----------------------------------------------------------------------------- evaluation checks

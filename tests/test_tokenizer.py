@@ -6,8 +6,8 @@ import unicodedata
 import pytest
 
 from tokenizer import (BOS, EOS, EOT, END_HEADER, MASK, SPECIAL_TOKENS, START_HEADER, TINY_MERGES,
-                       TINY_MERGES_FILE, Tokenizer, bytes_to_unicode, chat_prompt, end_of_turn, read_merges,
-                       train_bpe, write_merges)
+                       TINY_MERGES_FILE, TINY_PATTERN, Tokenizer, bytes_to_unicode, chat_prompt, end_of_turn,
+                       read_merges, train_bpe, write_merges)
 from model import Config
 
 # LLaDA's pre-tokenizer regex, as in the released LLaDA-8B-Instruct's tokenizer.json (pre_tokenizer).
@@ -170,6 +170,134 @@ def test_invalid_json_names_the_file(tmp_path):
     path = write(tmp_path, '{"model": ')
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": not valid JSON"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+# -----------------------------------------------------------------------------
+# save_pretrained: a folder that from_pretrained reads back as the same tokenizer
+
+ROUND_TRIP_TEXTS = [
+    "", "hello world", "The answer's 42. They'll've", "0123456789 12+30=42 3.14 -7", "a\nb\r\n\n\n  \t x  ",
+    "café Ω 中文 🙂 naïve", "cafe\u0301 A\u030a \u1e9b\u0323",  # NFD in: NFC (or not) must be kept
+    "a_b __x <reasoning>\n19+8=27\n</reasoning>\n<answer>\n27\n</answer>\n",
+    chat_prompt("What is 2+3?") + "<reasoning>5</reasoning><|eot_id|><|endoftext|><|endoftext|>",
+    "x<|mdm_mask|><|mdm_mask|>y<|start_header_id|>", "<|mdm_mask", "\x00\x7f\xad\ufeff",
+]
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer):
+    for name in ("special_tokens", "normalize", "n_vocab", "pattern", "bos_id", "eos_id", "pad_id", "mask_id",
+                 "eot_id", "start_header_id", "end_header_id"):
+        assert getattr(a, name) == getattr(b, name), name
+    for text in ROUND_TRIP_TEXTS:
+        ids = a.encode(text)
+        assert b.encode(text) == ids and b.decode(ids) == a.decode(ids), text
+    every_id = list(range(a.n_vocab))
+    assert [b.decode([i]) for i in every_id] == [a.decode([i]) for i in every_id]
+
+
+def test_tiny_tokenizer_saved_and_read_back_is_identical(tmp_path):
+    tiny = Tokenizer.tiny()
+    tiny.save_pretrained(tmp_path / "new" / "folder")  # the folders are created
+    assert sorted(p.name for p in (tmp_path / "new" / "folder").iterdir()) == ["tokenizer.json"]  # no .tmp left
+    again = Tokenizer.from_pretrained(tmp_path / "new" / "folder")
+    same_tokenizer(tiny, again)
+    assert again.ranks == tiny.ranks and again.source_file == tmp_path / "new" / "folder" / "tokenizer.json"
+
+
+def test_generated_file_is_in_llada_format(tmp_path):
+    Tokenizer.tiny().save_pretrained(tmp_path)
+    spec = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    model = spec["model"]
+    assert model["type"] == "BPE" and not model["byte_fallback"] and spec["normalizer"] == {"type": "NFC"}
+    assert [t["content"] for t in spec["added_tokens"]] == list(SPECIAL_TOKENS)
+    assert [t["id"] for t in spec["added_tokens"]] == list(range(256, 262))
+    assert all(t["special"] for t in spec["added_tokens"])
+    split, byte_level = spec["pre_tokenizer"]["pretokenizers"]
+    assert split["pattern"]["Regex"] == TINY_PATTERN and split["behavior"] == "Isolated"
+    assert byte_level == dict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=False)
+    assert spec["decoder"]["type"] == "ByteLevel"
+    # byte i is id i in the tiny tokenizer, written as its GPT-2 character: space is "Ġ", "\n" is "Ċ"
+    assert (model["vocab"]["Ġ"], model["vocab"]["Ċ"], model["vocab"]["a"]) == (32, 10, 97)
+    # one merge per merged token, in id order; each joins two pieces with lower ids
+    merges = [m.split(" ") for m in model["merges"]]
+    assert len(merges) == TINY_MERGES
+    assert [model["vocab"][a + b] for a, b in merges] == list(range(262, 437))
+    assert all(max(model["vocab"][a], model["vocab"][b]) < model["vocab"][a + b] for a, b in merges)
+
+
+def merges_of(ranks):
+    specials = {s: 400 + i for i, s in enumerate(SPECIAL_TOKENS)}
+    tok = Tokenizer({bytes([b]): b for b in range(256)} | ranks, specials, TINY_PATTERN)
+    return tok.hf_json()["model"]["merges"]
+
+
+def test_each_merge_is_the_pair_tiktoken_joins_last():
+    # h e l l o -> he l l o -> he ll o -> hell o -> hello ("llo" comes later than "hell")
+    assert merges_of({b"he": 256, b"ll": 257, b"hell": 300, b"llo": 303, b"hello": 304})[-1] == "hell o"
+    # a b c d -> a b cd -> ab cd -> abcd, although "abc" + "d" has the lower larger id (258 < 259)
+    assert merges_of({b"cd": 256, b"bc": 257, b"abc": 258, b"ab": 259, b"abcd": 300})[-1] == "ab cd"
+    # tiktoken never builds "abcd" alone (a bc d is stuck): the split whose larger id is smallest
+    assert merges_of({b"bc": 256, b"ab": 257, b"cd": 258, b"abcd": 300})[-1] == "ab cd"
+    with pytest.raises(ValueError, match="b'xyz' .*cannot be written as a BPE merge"):
+        merges_of({b"xyz": 300})
+
+
+def test_hugging_face_reads_the_generated_file_the_same_way(tmp_path):
+    """With Hugging Face's tokenizers installed (it is not a dependency): the same ids as tiktoken's."""
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    tiny = Tokenizer.tiny()
+    tiny.save_pretrained(tmp_path)
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    texts = [*ROUND_TRIP_TEXTS, *(tiny.decode([i]) for i in range(256, tiny.n_vocab))]
+    assert [hf.encode(t, add_special_tokens=False).ids for t in texts] == [tiny.encode(t) for t in texts]
+
+
+def test_normalize_flag_survives_the_round_trip(tmp_path):
+    tiny = Tokenizer.tiny()
+    raw = Tokenizer(tiny.ranks, tiny.special_tokens, tiny.pattern, normalize=False)
+    raw.save_pretrained(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert again.normalize is False
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["normalizer"] is None
+    assert again.encode("cafe\u0301") == raw.encode("cafe\u0301") != tiny.encode("cafe\u0301")
+    same_tokenizer(raw, again)
+
+
+def test_read_tokenizer_is_copied_byte_for_byte_with_its_side_files(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    # indented, keys in the file's own order: a re-serialised file would differ from this one
+    write(source, json.dumps(llada_like_spec(), indent=4, ensure_ascii=False))
+    side = {"tokenizer_config.json": '{"chat_template": "{{ bos_token }}...", "model_max_length": 4096}\n',
+            "special_tokens_map.json": '{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}'}
+    for name, text in side.items():
+        (source / name).write_text(text)
+    (source / "config.json").write_text("{}")  # not a tokenizer file: not copied
+    tok = Tokenizer.from_pretrained(source)
+    assert tok.source_file == source / "tokenizer.json"
+
+    tok.save_pretrained(tmp_path / "copy")
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    for name in copied:
+        assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes()
+    same_tokenizer(tok, Tokenizer.from_pretrained(tmp_path / "copy"))
+
+    # the file path form, without side files: only tokenizer.json; saving over the source changes nothing
+    (source / "tokenizer_config.json").unlink()
+    (source / "special_tokens_map.json").unlink()
+    Tokenizer.from_pretrained(source / "tokenizer.json").save_pretrained(tmp_path / "bare")
+    assert [p.name for p in (tmp_path / "bare").iterdir()] == ["tokenizer.json"]
+    before = (source / "tokenizer.json").read_bytes()
+    tok.save_pretrained(source)
+    assert (source / "tokenizer.json").read_bytes() == before
+
+
+def test_saving_after_the_source_file_is_gone_names_it(tmp_path):
+    tok = Tokenizer.from_pretrained(write(tmp_path, llada_like_spec()))
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json: cannot copy the tokenizer.json"):
+        tok.save_pretrained(tmp_path / "out")
 
 
 # -----------------------------------------------------------------------------
