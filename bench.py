@@ -7,10 +7,15 @@ speed, and the three attention implementations side by side. Prints tables (mark
     python bench.py --memory            # peak host memory of checkpoint.load_pretrained
     python bench.py --sampling --n=64   # reference vs fast samplers on the tiny tasks: tokens/s, accuracy
     python bench.py --sampling --model=llada-8b     # GPU: the same samplers on random 8B weights (speed only)
+    python bench.py --fullscale         # GPU: one d1 GRPO step and one SFT step on random LLaDA-8B weights
+    python bench.py --fullscale --model=tiny --gen_length=32 --prompt_length=16 --sft_len=64   # the same, CPU
 
 Training FLOPs are counted the usual way: 6 x (non-embedding parameters) per token for the
 matmuls (forward 2, backward 4), plus 12 x n_layers x T x D per token for attention scores and
 the weighted sum. "MFU" = achieved FLOP/s / the matmul peak measured in the same run.
+
+--fullscale (bench_fullscale.py) times d1's full-scale GRPO and SFT steps on random bf16 weights, part
+by part, and sets the peak GPU memory of each part beside memory.py's plan for the same shapes.
 """
 
 import json
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from bench_fullscale import bench_fullscale, check_fullscale_shapes, fullscale_shapes, random_large_model, sync
 from checkpoint import check_checkpoint_path, load_model, load_pretrained, save_pretrained
-from common import autocast, check_choice, check_range, cli, one_line_errors, pick_device
+from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import check_fast_sampler, check_sampler, diffusion_loss, generate
 from eval import evaluate
 from tasks_tiny import get_tiny_tasks
@@ -37,22 +43,36 @@ class BenchConfig:
     """Measure this device: matmul peak, the tiny model's speeds, attention kernels; or memory."""
 
     device: str = "auto"  # auto -> cuda, then mps, then cpu
-    model: str = "tiny"  # model preset to time: tiny, or llada-8b (random weights, GPU)
+    model: str = ""  # preset to time: tiny, or llada-8b (random weights, GPU); empty = tiny (--fullscale: llada-8b)
     batch_size: int = 32  # rows per training step
     seq_len: int = 128  # tokens per row
     memory: bool = False  # instead: the peak host memory of loading a Hugging Face-format checkpoint
     sampling: bool = False  # instead: the reference sampler vs the fast ones (KV cache, threshold)
     ckpt: str = "checkpoints/tiny-sft.pt"  # --sampling, tiny: the checkpoint evaluated
     n: int = 64  # --sampling, tiny: test questions per task (the same ones for every sampler)
-    gen_length: int = 128  # --sampling, tiny: answer length (d1's protocol: blocks of 32, gen_length / 2 steps)
+    gen_length: int = 0  # answer length; 0 = 128 (--sampling, tiny), d1's 256 (--fullscale; tiny: 64)
     threshold: float = 0.9  # --sampling: the parallel decoding threshold of the threshold rows (Fast-dLLM's)
+    fullscale: bool = False  # instead: one d1 GRPO step and one SFT step, timed per part, peak memory vs memory.py
+    prompt_length: int = 0  # --fullscale: GRPO prompt tokens; 0 = d1's cut, 200 (tiny: 32)
+    diffusion_steps: int = 0  # --fullscale: sampler steps of the rollout; 0 = gen_length / 2 (d1: 128 for 256)
+    lora_r: int = 0  # --fullscale: LoRA rank; 0 = d1's 128 (tiny: 8)
+    sft_len: int = 0  # --fullscale: tokens of the SFT row; 0 = d1's 4,096 (tiny: 256)
 
     def __post_init__(self):
+        self.model = self.model or ("llada-8b" if self.fullscale else "tiny")
         check_choice("model", self.model, tuple(Config.PRESETS))
-        pick_device(self.device)
+        device = pick_device(self.device)
         check_range(self, 1, None, "batch_size", "n")
         check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
-        check_sampler(self.gen_length, min(32, self.gen_length), self.gen_length // 2)
+        check_range(self, 0, None, "gen_length", "prompt_length", "diffusion_steps", "lora_r", "sft_len")
+        if self.fullscale:
+            if self.model != "tiny" and device.type != "cuda":
+                raise ConfigError(f"--fullscale needs a CUDA GPU for {self.model} shapes (this machine runs on "
+                                  f"{device.type}); --model=tiny runs it small on CPU")
+            check_fullscale_shapes(fullscale_shapes(self), Config.preset(self.model))
+        else:
+            self.gen_length = self.gen_length or 128
+            check_sampler(self.gen_length, min(32, self.gen_length), self.gen_length // 2)
         check_fast_sampler(None, self.threshold)
         if self.sampling and self.model == "tiny":
             check_checkpoint_path(self.ckpt)
@@ -69,11 +89,6 @@ def timed(fn, device, min_seconds=1.0, warmup=2):
         n += 1
     sync(device)
     return (time.perf_counter() - t0) / n
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_peak(device, dtype, n):
@@ -155,14 +170,6 @@ def bench_attention(device, B, H, T, Dh, backward, dtype):
     return {k: (None if s is None else flops / s) for k, s in results.items()}
 
 
-def random_large_model(cfg, device):
-    """A big preset (llada-8b) with random bf16 weights, built on the meta device, then materialised
-    straight on the GPU (no room for an optimizer: forward and sampling only)."""
-    with torch.device("meta"):
-        model = Model(cfg)
-    return model.to_empty(device=device).to(torch.bfloat16).init_weights(seed=0).eval()
-
-
 @torch.no_grad()
 def bench_large(cfg, device):
     """A big preset (llada-8b) with random bf16 weights: forward and sampler speed."""
@@ -191,7 +198,9 @@ def main(argv=None):
         device = pick_device(args.device)
         cfg = Config.preset(args.model)
         print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-        if args.sampling and args.model == "tiny":
+        if args.fullscale:
+            bench_fullscale(cfg, device, fullscale_shapes(args))
+        elif args.sampling and args.model == "tiny":
             bench_sampling_tiny(device, args)
         elif args.sampling:
             bench_sampling_large(cfg, device, args.threshold)
@@ -283,7 +292,7 @@ def bench_sampling_large(cfg, device, threshold, prompt_length=100):
     tokens, so nothing clears a threshold: its rows show parallel decoding's worst case (one token
     per step); only the cache rows measure a real speed-up. Speed only, one timed run each."""
     model = random_large_model(cfg, device)
-    print(f"\n| batch | gen | sampler | steps | seconds | tokens/s | speed-up |\n|---|---|---|---|---|---|---|")
+    print("\n| batch | gen | sampler | steps | seconds | tokens/s | speed-up |\n|---|---|---|---|---|---|---|")
     for B in (1, 8):
         prompt = torch.randint(0, 1000, (B, prompt_length), device=device)
         for cache in ("prefix", "dual", None):  # warm-up: every path once

@@ -6,12 +6,17 @@ Model files, in two formats, written atomically and read back with clear errors.
     from checkpoint import save_checkpoint, load_checkpoint, load_model
     save_checkpoint({"model": model.state_dict(), "config": ..., ...}, "out/ckpt.pt")
     model, ckpt = load_model("checkpoints/tiny-sft.pt")
+    save_run(cfg, "sft", model, optimizer, step, noise_gen)   # a stage's out_dir/ckpt.pt
+    step = restore(cfg, "sft", model, optimizer, noise_gen)   # --resume
+    finish(cfg, "sft", model, optimizer, noise_gen, seconds, tok)   # the end: --export (.pt or folder)
 
    A checkpoint is a plain dict:
     model       state_dict with the official LLaDA key names (model.transformer.*)
     config      the model Config as a dict (official field names)
-    stage       "pretrain" | "sft" | "grpo"; train_config: the stage's resolved config
+    stage       "pretrain" | "sft" | "grpo"; train_config: the stage's resolved config; init: its --init
     step, optimizer, rng       for --resume (absent from the slim checkpoints shipped in checkpoints/)
+    lora_adapters              a LoRA run's adapters; a LoRA run on a Hugging Face folder keeps only
+                               these (no "model": merging 8B weights into each checkpoint costs 16 GB)
 
 2. Hugging Face-format directories, the layout of the official LLaDA-8B-Instruct release:
    config.json, and model.safetensors or shards listed in model.safetensors.index.json.
@@ -27,14 +32,17 @@ Model files, in two formats, written atomically and read back with clear errors.
    safetensors is needed only for this format (pip install safetensors).
 """
 
+import copy
 import json
 import os
+import random
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from lora import lora_layers, merge_lora
 from model import Config, Model
 from tokenizer import Tokenizer
 
@@ -68,8 +76,29 @@ def check_checkpoint_path(path):
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a project checkpoint, turning torch's deep errors into one clear message."""
+def check_model_path(path, key="model"):
+    """A model to start from or evaluate: a project .pt file, or a Hugging Face-format LLaDA folder
+    with config.json, its weights and tokenizer.json. Returns "pt" or "folder"; else a CheckpointError
+    naming what is missing (before anything is loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"--{key}={path}: no such file or folder (expected a project .pt file or "
+                                  "a LLaDA folder in Hugging Face format)")
+        return "pt"
+    for name, what in (("config.json", "the model config"), ("tokenizer.json", "the tokenizer")):
+        if not (path / name).is_file():
+            raise CheckpointError(f"--{key}={path}: the folder has no {name} ({what}); a LLaDA folder in "
+                                  "Hugging Face format holds config.json, tokenizer.json and *.safetensors")
+    _shard_list(path)  # refuses a folder without weights
+    return "folder"
+
+
+def load_checkpoint(path, map_location="cpu", adapters_only=False):
+    """Read a project checkpoint, turning torch's deep errors into one clear message.
+
+    adapters_only: also accept the checkpoint of a LoRA run on a Hugging Face-format model, which
+    holds the adapters and the base folder's path but no merged weights (--resume reads it)."""
     path = check_checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -78,7 +107,10 @@ def load_checkpoint(path, map_location="cpu"):
         # we did not write. Name the problem, not that advice.
         raise CheckpointError(f"checkpoint {path} is not a readable nano-d1 checkpoint: corrupt, truncated "
                               f"or another kind of file ({type(e).__name__})") from None
-    for key in ("model", "config"):
+    if isinstance(ckpt, dict) and "model" not in ckpt and "lora_adapters" in ckpt and not adapters_only:
+        raise CheckpointError(f"checkpoint {path} holds only the LoRA adapters of a run on {ckpt.get('init')} "
+                              "(no merged weights); its run's --export=DIR writes the merged model")
+    for key in ("config",) if adapters_only else ("model", "config"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no {key!r} entry; is it a nano-d1 checkpoint?")
     return ckpt
@@ -281,11 +313,11 @@ def save_pretrained(model, directory, max_shard_size=5 * 10**9):
     if len(names) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": {k: name for name, keys in zip(names, groups) for k in keys}}
-        _write_json(directory / INDEX_FILE, index)
+        write_json(directory / INDEX_FILE, index)
         written.add(directory / INDEX_FILE)
     dtype = next(iter(state.values())).dtype
     config = {**model.config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")}
-    _write_json(directory / "config.json", config)
+    write_json(directory / "config.json", config)
     for stale in previous - written:
         stale.unlink()
 
@@ -314,31 +346,132 @@ def _weight_files(directory):
     return {f for f in files if f.is_file()}
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
+    """JSON to path, atomically (a crash mid-write leaves the old file)."""
     _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def load_any(path, device="cpu", dtype=None):
+def load_any(path, device="cpu", dtype=None, tok=None):
     """Open a model and its tokenizer from either format. Returns (model, tokenizer).
+    tok: the path's tokenizer if the caller has already loaded it (LLaDA's takes seconds).
 
     A directory is Hugging Face format, with its tokenizer.json; a folder written by save_pretrained
     from the tiny model has none, and gets the tiny tokenizer. A file is a project .pt
     checkpoint (the tiny tokenizer). Either way the tokenizer's mask and EOS ids must be the config's:
     a wrong pairing would otherwise sample garbage without any error."""
     path = Path(path)
+    tok = tok or load_tokenizer(path)
+    check_tokenizer_fits(model_config(path), tok, path)  # before reading any weights
     if path.is_dir():
         model = load_pretrained(path, device, dtype)
-        has_json = (path / "tokenizer.json").is_file()
-        tok = Tokenizer.from_pretrained(path) if has_json else Tokenizer.tiny()
     else:
         model, _ = load_model(path, device)
         if dtype is not None:
             model = model.to(dtype=_as_dtype(dtype))
-        tok, has_json = Tokenizer.tiny(), False
-    cfg = model.config
-    if (tok.mask_id, tok.eos_id) != (cfg.mask_token_id, cfg.eos_token_id) or tok.n_vocab > cfg.embedding_size:
-        which = "tokenizer.json" if has_json else "the tiny tokenizer (no tokenizer.json found)"
+    return model, tok
+
+
+def load_tokenizer(path):
+    """The tokenizer of a model path: a folder's tokenizer.json, else (a .pt file, or a folder that
+    save_pretrained wrote from the tiny model) the tiny tokenizer."""
+    path = Path(path)
+    return Tokenizer.from_pretrained(path) if (path / "tokenizer.json").is_file() else Tokenizer.tiny()
+
+
+def model_config(path):
+    """The model Config of a .pt checkpoint or a Hugging Face folder, without loading the weights."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_config(path, {})
+    saved = load_checkpoint(path)["config"]
+    try:
+        return Config(**saved)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {e}") from None
+
+
+def check_tokenizer_fits(config, tok, path):
+    """The tokenizer's mask and EOS ids must be the config's, and its ids fit the embedding."""
+    if (tok.mask_id, tok.eos_id) != (config.mask_token_id, config.eos_token_id) or tok.n_vocab > config.embedding_size:
+        which = "tokenizer.json" if (Path(path) / "tokenizer.json").is_file() else \
+            "the tiny tokenizer (no tokenizer.json found)"
         raise CheckpointError(f"{path}: {which} does not fit the model: mask/eos ids "
                               f"{tok.mask_id}/{tok.eos_id} and {tok.n_vocab} ids, but the config has "
-                              f"{cfg.mask_token_id}/{cfg.eos_token_id} and {cfg.embedding_size} rows")
-    return model, tok
+                              f"{config.mask_token_id}/{config.eos_token_id} and {config.embedding_size} rows")
+
+
+# -----------------------------------------------------------------------------
+# A training run's checkpoint: write it, resume from it, export at the end (the stages call these)
+
+
+def adapters_only(cfg, model):
+    """A LoRA run on a Hugging Face-format model keeps only its adapters in ckpt.pt (the base is
+    cfg.init; merging 8B weights into every checkpoint would cost 16 GB each): --export=DIR merges."""
+    return bool(lora_layers(model)) and Path(cfg.init).is_dir()
+
+
+def save_run(cfg, stage, model, optimizer, step, noise_gen, path=None, slim=False):
+    """Write a checkpoint atomically. "model" holds plain official weights (LoRA merged in), so
+    eval.py and the next stage read it directly, except for a LoRA run on a folder (adapters_only);
+    resume state (optimizer, RNG, adapters) unless slim."""
+    ckpt = {"config": asdict(model.config), "stage": stage, "train_config": asdict(cfg), "step": step,
+            "init": getattr(cfg, "init", None)}  # pretraining starts from no model
+    if not adapters_only(cfg, model):
+        ckpt["model"] = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
+    if not slim:
+        ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
+        if lora_layers(model):
+            ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
+
+
+def restore(cfg, stage, model, optimizer, noise_gen):
+    """--resume: load out_dir/ckpt.pt into model and optimizer. Returns the step to continue from.
+
+    The checkpoint must come from the same stage, starting model and model config; with LoRA, the
+    base weights are re-read from cfg.init and only the adapters come from the checkpoint."""
+    path = Path(cfg.out_dir) / "ckpt.pt"
+    ckpt = load_checkpoint(path, adapters_only=True)
+    if ckpt.get("stage") != stage:
+        raise CheckpointError(f"{path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path} has no optimizer state (a slim export?); cannot resume from it")
+    if ckpt.get("init") != getattr(cfg, "init", None) and "init" in ckpt:
+        raise CheckpointError(f"{path} continues a run that started from --init={ckpt['init']}, not {cfg.init}")
+    check_same_config(ckpt["config"], model.config, path)
+    if "lora_adapters" in ckpt:
+        model.load_state_dict(ckpt["lora_adapters"], strict=False)
+    else:
+        model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"], noise_gen)
+    print(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt["step"]
+
+
+def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok=None):
+    """The end of a run: --export writes the weights without optimizer state, as a .pt file or as a
+    Hugging Face-format folder (config.json, safetensors, tokenizer.json) that --init, eval.py
+    --model and sample.py --model open. LoRA adapters are merged in (in place: the run is over)."""
+    print(f"done: {cfg.steps} steps in {seconds:.0f}s; checkpoint {Path(cfg.out_dir) / 'ckpt.pt'}")
+    if not cfg.export:
+        return
+    if Path(cfg.export).suffix == ".pt":
+        save_run(cfg, stage, model, optimizer, cfg.steps, noise_gen, path=cfg.export, slim=True)
+    else:
+        save_pretrained(merge_lora(model), cfg.export)
+        (tok or load_tokenizer(cfg.init)).save_pretrained(cfg.export)
+    print(f"exported the weights (no optimizer state) to {cfg.export}")
+
+
+def rng_state(noise_gen):
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "noise": noise_gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state, noise_gen):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    noise_gen.set_state(state["noise"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])

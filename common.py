@@ -1,13 +1,15 @@
 """
-The plumbing every entry point shares: command-line configs, device and precision, the learning
-rate schedule and optimizer, seeds, run checkpoints (save and resume) and the metrics log.
+The plumbing every entry point shares: command-line configs (with presets), device and precision,
+the learning rate schedule and optimizer, seeds, the model a run starts from (after its memory plan)
+and the metrics log.
 
     from common import cli, pick_device, autocast
     cfg = cli(SFTConfig, sys.argv[1:])      # --key=value overrides, type-checked; --help lists keys
     device = pick_device(cfg.device)         # "auto" -> cuda, then mps, then cpu
 
 Nothing here knows about diffusion or GRPO: train.py's stages, eval.py, sample.py and bench.py all
-import this file, and it imports only the model, checkpoint and LoRA files.
+import this file, and it imports only the model, checkpoint, LoRA and memory-plan files. (Writing,
+resuming and exporting a run's checkpoint is checkpoint.py's: save_run, restore, finish.)
 
 One command-line convention for every script. A config is a dataclass; each field is a key:
 
@@ -20,7 +22,6 @@ and the comment written beside it in the dataclass.
 """
 
 import contextlib
-import copy
 import dataclasses
 import difflib
 import inspect
@@ -36,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (CheckpointError, check_checkpoint_path, check_same_config, load_checkpoint, load_model,
-                        save_checkpoint)
-from lora import LLADA_LINEARS, add_lora, lora_layers, merge_lora
+from checkpoint import check_checkpoint_path, check_model_path, load_any, model_config
+from lora import LLADA_LINEARS, add_lora
+from memory import plan_run
 from tasks_tiny import get_tiny_tasks
 
 
@@ -60,7 +61,8 @@ def cli(cls, argv):
 
 def parse_config(cls, argv):
     """--key=value / --key value / --flag arguments -> cls(**values), every value type-checked."""
-    types = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    types = {f.name: hints[f.name] for f in fields(cls)}  # the keys (not class constants such as PRESETS)
     values, i = {}, 0
     while i < len(argv):
         arg = argv[i]
@@ -88,12 +90,30 @@ def parse_config(cls, argv):
                 raise ConfigError(f"--{key} needs a value")
             value, i = ",".join(taken), i + 1
         values[key] = convert(key, value, types[key])
+    preset = apply_preset(cls, values)
     try:
-        return cls(**values)
+        cfg = cls(**{**preset, **values})  # a key on the command line overrides the preset's
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # a check in the dataclass's __post_init__
         raise ConfigError(str(e)) from None
+    # Where each non-default value came from, for start_run's printout.
+    cfg.origins = {**{k: f"preset {values['preset']}" for k in preset},
+                   **{k: "command line" + (f", preset {values['preset']}: {preset[k]!r}" if k in preset else "")
+                      for k in values}}
+    return cfg
+
+
+def apply_preset(cls, values):
+    """The keys --preset=NAME fills in: cls.PRESETS[NAME](values), a function of the command line's
+    values (d1's GRPO preset depends on --task). {} without --preset."""
+    name = values.get("preset")
+    if not name:
+        return {}
+    presets = getattr(cls, "PRESETS", {})
+    if name not in presets:
+        raise ConfigError(f"--preset={name!r}: expected one of {', '.join(presets) or '(none for this stage)'}")
+    return presets[name](values)
 
 
 def convert(key, value, typ):
@@ -213,11 +233,20 @@ def check_range(cfg, low, high, *keys, low_open=False):
 
 
 def check_out_paths(out_dir, export=""):
-    """out_dir must be a folder (or not exist yet); export a file path (not a folder)."""
+    """out_dir must be a folder (or not exist yet). export: a path ending in .pt (a slim project
+    checkpoint) or a folder for a Hugging Face-format model: new, empty, or an earlier export."""
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out_dir={out_dir}: is a file; expected a folder (it is created if missing)")
-    if export and Path(export).is_dir():
-        raise ConfigError(f"--export={export}: is a folder; expected a file path such as {Path(export) / 'model.pt'}")
+    export = Path(export) if export else None
+    if export is None:
+        return
+    if export.suffix == ".pt" and export.is_dir():
+        raise ConfigError(f"--export={export}: is a folder; a .pt export is a file")
+    if export.suffix != ".pt" and export.is_file():
+        raise ConfigError(f"--export={export}: is a file; expected a .pt path or a folder (Hugging Face format)")
+    if export.suffix != ".pt" and export.is_dir() and any(export.iterdir()) and not (export / "config.json").is_file():
+        raise ConfigError(f"--export={export}: a folder that holds other files (no config.json); "
+                          "export to a new or empty folder")
 
 
 # -----------------------------------------------------------------------------
@@ -244,14 +273,16 @@ class RunConfig:
     log_every: int = 25  # print and log a metrics line every N steps
     sample_every: int = 250  # decode a few samples every N steps (0 = never)
     ckpt_every: int = 250  # write out_dir/ckpt.pt every N steps (and at the end)
-    export: str = ""  # also write a slim copy (weights + config, no optimizer) here at the end
+    export: str = ""  # at the end also write the weights here: FILE.pt (project format) or DIR (Hugging Face format)
+    micro_batch: int = 0  # rows per forward/backward; 0 = the whole batch (else gradients accumulate)
+    checkpointing: bool = False  # activation checkpointing per block: less memory, ~1/3 more compute
 
     def __post_init__(self):
         """Check every key before anything is loaded, created or written."""
         check_choice("dtype", self.dtype, ("bfloat16", "float32"))
         pick_device(self.device)
         check_range(self, 1, None, "steps", "log_every", "ckpt_every")
-        check_range(self, 0, None, "warmup_steps", "decay_steps", "sample_every", "weight_decay")
+        check_range(self, 0, None, "warmup_steps", "decay_steps", "sample_every", "weight_decay", "micro_batch")
         check_range(self, 0, None, "lr", "grad_clip", low_open=True)
         check_range(self, 0, 1, "min_lr_ratio")
         if not all(0 <= b < 1 for b in self.betas):
@@ -265,8 +296,11 @@ class RunConfig:
 class FinetuneConfig(RunConfig):
     """What SFT and GRPO share: a starting checkpoint, the tiny tasks, optional LoRA."""
 
-    init: str = "checkpoints/tiny-base.pt"  # the checkpoint to start from
+    init: str = "checkpoints/tiny-base.pt"  # the model to start from: a project .pt file or a LLaDA folder (Hugging Face format)
+    data: str = ""  # d1's data, a local file (README, "d1 at full scale"); empty = the tiny tasks
     tasks: str = "all"  # tiny tasks, comma-separated (countdown,sudoku,arith) or all
+    preset: str = ""  # d1 = d1's hyperparameters for LLaDA-8B (start-up prints each key it set)
+    memory_limit_gb: float | None = None  # refuse a run whose memory plan exceeds this; none = the device's memory
     lora_r: int = 0  # 0 = full fine-tuning (the tiny default); d1 fine-tunes LLaDA-8B with LoRA r=128
     lora_alpha: float = 16.0  # LoRA scale alpha / r
     lora_dropout: float = 0.0  # dropout on the LoRA branch's input
@@ -276,8 +310,12 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_checkpoint_path(self.init)
+        check_model_path(self.init, "init")
+        if self.data and not Path(self.data).is_file():
+            raise ConfigError(f"--data={self.data}: " + ("is a folder" if Path(self.data).is_dir() else "no such file"))
         get_tiny_tasks(self.tasks)  # an unknown task name is refused here
+        if self.memory_limit_gb is not None:
+            check_range(self, 0, None, "memory_limit_gb", low_open=True)
         check_range(self, 0, None, "lora_r")
         check_range(self, 0, None, "lora_alpha", low_open=True)
         check_range(self, 0, 0.99, "lora_dropout")
@@ -328,17 +366,11 @@ def mix_seed(*parts):
     return h
 
 
-def rng_state(noise_gen):
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "noise": noise_gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state, noise_gen):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    noise_gen.set_state(state["noise"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+def row_slices(n_rows, size):
+    """Slices of at most `size` rows covering 0..n_rows (size 0 or None: one slice of all): how a
+    batch is cut into micro-batches (gradient accumulation) or sampler calls."""
+    size = size or n_rows
+    return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
 
 
 # -----------------------------------------------------------------------------
@@ -374,67 +406,30 @@ def set_lr(optimizer, step, cfg):
 
 
 def start_run(cfg, stage):
-    """Seed, pick the device, print the resolved config. Returns the device."""
+    """Seed, pick the device, print the resolved config (with where each value came from: a preset,
+    the command line, or the default). Returns the device."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     print(f"stage {stage} on {device}; config:")
+    origins = getattr(cfg, "origins", {})  # set by parse_config; absent for a config built in code
     for k, v in asdict(cfg).items():
-        print(f"  {k} = {v!r}")
+        print(f"  {k} = {v!r}" + (f"   ({origins[k]})" if k in origins else ""))
     return device
 
 
-def init_model(cfg, device):
-    """Load the starting checkpoint (cfg.init), and wrap it with LoRA adapters if cfg.lora_r > 0."""
-    model, _ = load_model(cfg.init, device=device)
+def init_model(cfg, device, tok, stage, prompt_length=None):
+    """Load the starting model (cfg.init: a .pt file or a Hugging Face-format folder) after its
+    memory plan says the run fits, and wrap it with LoRA adapters if cfg.lora_r > 0."""
+    plan_run(model_config(cfg.init), stage, cfg, device, weights_dtype=None, prompt_length=prompt_length)  # may refuse
+    model, _ = load_any(cfg.init, device, tok=tok)  # checks that tok fits the model, then reads the weights
     if cfg.lora_r > 0:
         add_lora(model, targets=tuple(cfg.lora_targets.split(",")), r=cfg.lora_r, alpha=cfg.lora_alpha,
                  dropout=cfg.lora_dropout, seed=cfg.seed)
+    model.checkpointing = cfg.checkpointing
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"model: {model.num_params():,} parameters, {trainable:,} trainable, from {cfg.init}")
     return model
-
-
-def save_run(cfg, stage, model, optimizer, step, noise_gen, path=None, slim=False):
-    """Write a checkpoint atomically. "model" always holds plain official weights (LoRA merged in),
-    so eval.py and the next stage read it directly; resume state (optimizer, RNG, adapters) unless slim."""
-    weights = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
-    ckpt = {"model": weights, "config": asdict(model.config), "stage": stage, "train_config": asdict(cfg),
-            "step": step}
-    if not slim:
-        ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
-        if lora_layers(model):
-            ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
-    save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
-
-
-def restore(cfg, stage, model, optimizer, noise_gen):
-    """--resume: load out_dir/ckpt.pt into model and optimizer. Returns the step to continue from.
-
-    The checkpoint must come from the same stage and the same model config; with LoRA, the base
-    weights are re-read from cfg.init and only the adapters come from the checkpoint."""
-    path = Path(cfg.out_dir) / "ckpt.pt"
-    ckpt = load_checkpoint(path)
-    if ckpt.get("stage") != stage:
-        raise CheckpointError(f"{path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
-    if "optimizer" not in ckpt:
-        raise CheckpointError(f"{path} has no optimizer state (a slim export?); cannot resume from it")
-    check_same_config(ckpt["config"], model.config, path)
-    if "lora_adapters" in ckpt:
-        model.load_state_dict(ckpt["lora_adapters"], strict=False)
-    else:
-        model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"], noise_gen)
-    print(f"resumed from {path} at step {ckpt['step']}")
-    return ckpt["step"]
-
-
-def finish(cfg, stage, model, optimizer, noise_gen, seconds):
-    print(f"done: {cfg.steps} steps in {seconds:.0f}s; checkpoint {Path(cfg.out_dir) / 'ckpt.pt'}")
-    if cfg.export:
-        save_run(cfg, stage, model, optimizer, cfg.steps, noise_gen, path=cfg.export, slim=True)
-        print(f"exported the weights (no optimizer state) to {cfg.export}")
 
 
 class MetricsLog:

@@ -7,6 +7,7 @@ evaluation and the RL rollouts share.
     python eval.py --ckpt=checkpoints/tiny-sft.pt --cache=dual --threshold=0.9    # the fast sampler (Fast-dLLM)
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
     python eval.py --rescore gens/*_256_*.json               # d1's published LLaDA generations (README)
+    python eval.py --model=LLaDA-8B-Instruct --task=gsm8k --gen_length=256   # d1's evaluation of a LLaDA folder
     python eval.py --help                                    # every key, its default and meaning
 
 --ckpt and --table follow d1's evaluation protocol (d1 paper, Sec. 4) scaled to the tiny setting:
@@ -28,21 +29,28 @@ where C/T are the counts behind d1's metric: items for GSM8K, MATH500 and Countd
 Sudoku (its lines also give whole puzzles solved). With several tasks the last line pools them all.
 Expected on the gen-length-256 files (the LLaDA-8B-Instruct row of d1's Table 1):
 GSM8K 76.37% (1,130 items), MATH500 32.40% (500), Countdown 19.53% (256), Sudoku 6.69% (cells).
+
+--model runs d1's protocol on a LLaDA folder (or a .pt checkpoint) over one of d1's test sets
+(--data, default data/<file> as the README downloads it; --n takes the first K items) and writes a
+generation file of that layout, after every batch, then prints the --rescore lines for it. Started
+again on the same file it continues after the answers already there.
 """
+import contextlib
 import json
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, check_checkpoint_path, load_model
-from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device
+from checkpoint import CheckpointError, check_checkpoint_path, check_model_path, load_any, load_model, write_json
+from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device, row_slices
 from diffusion import check_fast_sampler, check_sampler, generate
-from tasks_d1 import D1_TASKS
+from tasks_d1 import D1_TASK_NAMES, D1_TASKS, d1_task
 from tasks_tiny import get_tiny_tasks
 from tokenizer import Tokenizer, end_of_turn
 
@@ -63,7 +71,7 @@ class Completions:
     reward: torch.Tensor  # (N,) the sum of the named rewards
     correct: torch.Tensor  # (N,) the task's evaluation check, 0..1
     well_formed: torch.Tensor  # (N,) bool: task.format_ok, and the answer stops cleanly
-    steps: int = 0  # sampler steps taken (one model forward pass each); fewer with threshold decoding
+    steps: int = 0  # sampler steps taken, over all sampler calls (one forward pass each); fewer with threshold decoding
 
 
 def left_pad(sequences, pad_id):
@@ -79,26 +87,34 @@ def left_pad(sequences, pad_id):
 
 @torch.no_grad()
 def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
-             remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None):
+             remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None,
+             max_prompt_length=None, batch_size=None):
     """Ask the model every (task, example) of `items` and score the answers with the task.
 
     prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
     evaluation does) or "rl" (task.rl_prompt, nothing prefilled, as d1's rollouts). steps defaults
     to gen_length / 2 (two tokens per step, d1's setting). cache and threshold: the fast sampler
-    (diffusion.generate; None, None = the reference). Returns Completions."""
+    (diffusion.generate; None, None = the reference). max_prompt_length: cut longer prompts from the
+    left (d1's rollouts: 200). batch_size: rows per sampler call (None: all at once); the memory of
+    a call grows with rows x length x vocabulary. Returns Completions."""
     check_choice("prompt", prompt, ("eval", "rl"))
     device = next(model.parameters()).device
     prefixes = [task.eval_prefix if prompt == "eval" else "" for task, _ in items]
     messages = [task.eval_prompt(ex) if prompt == "eval" else task.rl_prompt(ex) for task, ex in items]
-    prompt_ids, attention = left_pad([tok.chat(m) + tok.encode(p) for m, p in zip(messages, prefixes)],
-                                     tok.eos_id)  # (N, P)
+    encoded = [tok.chat(m) + tok.encode(p) for m, p in zip(messages, prefixes)]
+    if max_prompt_length:
+        encoded = [ids[-max_prompt_length:] for ids in encoded]
+    prompt_ids, attention = left_pad(encoded, tok.eos_id)  # (N, P)
     prompt_ids, attention = prompt_ids.to(device), attention.to(device)
     taken = []  # the sampler's step numbers, one per step: how many it took
-    out = generate(model, prompt_ids, steps=steps or gen_length // 2, gen_length=gen_length,
-                   block_length=min(block_length, gen_length), temperature=temperature, remasking=remasking,
-                   attention_mask=attention, generator=generator, on_step=lambda x, step: taken.append(step),
-                   cache=cache, threshold=threshold)  # (N, P + C)
-    completion_ids = out[:, prompt_ids.size(1):]  # (N, C)
+    outputs = []
+    for rows in row_slices(len(items), batch_size):
+        outputs.append(generate(model, prompt_ids[rows], steps=steps or gen_length // 2, gen_length=gen_length,
+                                block_length=min(block_length, gen_length), temperature=temperature,
+                                remasking=remasking, attention_mask=attention[rows], generator=generator,
+                                on_step=lambda x, step: taken.append(step), cache=cache,
+                                threshold=threshold))  # (rows, P + C)
+    completion_ids = torch.cat(outputs)[:, prompt_ids.size(1):]  # (N, C)
 
     # Score every completion with its own task (a batch may mix tasks).
     texts, rewards, correct, well_formed = [], [], [], []
@@ -222,11 +238,16 @@ class Score:
 
 
 def task_of(path: Path) -> str:
-    """The task named at the start of a generation file's name, e.g. "math500_instruct_...json"."""
+    """The task of a generation file: named at the start of its name, e.g. "math500_instruct_...json"
+    (d1's files), else its "task" field (the files eval.py --model writes)."""
     name = path.name.split("_")[0]
+    if name in D1_TASKS:
+        return name
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        name = json.loads(path.read_text()).get("task")
     if name not in D1_TASKS:
         raise ValueError(f"{path}: cannot tell the task from the file name (it starts with none of "
-                         f"{', '.join(f'{t}_' for t in D1_TASKS)}); pass --task=TASK")
+                         f"{', '.join(f'{t}_' for t in D1_TASKS)}) or a \"task\" field; pass --task=TASK")
     return name
 
 
@@ -277,30 +298,99 @@ def print_scores(scores: list[Score]) -> None:
 # -----------------------------------------------------------------------------
 
 
+# -----------------------------------------------------------------------------
+# d1's evaluation of a LLaDA model on one of d1's test sets, written as d1's generation files
+
+DEFAULT_TEST_FILES = {"gsm8k": "data/gsm8k_test.jsonl", "math500": "data/math500_test.jsonl",
+                      "countdown": "data/countdown_cd3_test.jsonl", "sudoku": "data/4x4_test_sudoku.csv"}
+
+
+def eval_model(cfg):
+    """d1's protocol on a test set (greedy, low-confidence remasking, block 32, steps = gen_length / 2,
+    the eval prompts with "<reasoning>" prefilled, left-padded batches), one generation file per
+    length in the layout of d1's published files. Each batch's answers are written at once (the whole
+    file, atomically), so an interrupted run continues where it stopped. Returns the files."""
+    task = d1_task(cfg.task)
+    items = task.load(cfg.data or DEFAULT_TEST_FILES[task.name])[:cfg.n]
+    device = pick_device(cfg.device)
+    model, tok = load_any(cfg.model, device)
+    model.eval()
+    files = []
+    for gen_length in cfg.gen_length:
+        path = Path(cfg.out) if cfg.out else Path("out/eval") / f"{task.name}_{Path(cfg.model).stem}_{gen_length}_{gen_length // 2}_generations.json"
+        meta = {"task": task.name, "model_path": str(cfg.model), "gen_length": gen_length, "diffusion_steps": gen_length // 2,
+                "block_length": min(32, gen_length), "cache": cfg.cache, "threshold": cfg.threshold}
+        records = earlier_records(path, meta, task, items)
+        t0 = time.time()
+        for start in tqdm(range(len(records), len(items), cfg.batch_size), desc=f"{task.name} gen {gen_length}",
+                          initial=len(records) // cfg.batch_size, total=math.ceil(len(items) / cfg.batch_size)):
+            batch = items[start:start + cfg.batch_size]
+            with autocast(device, cfg.dtype):
+                done = complete(model, tok, [(task, item) for item in batch], gen_length, cache=cfg.cache,
+                                threshold=cfg.threshold)
+            # d1's files hold the answer after the prefilled "<reasoning>", and the bare question
+            records += [task.generation_record(item, text.removeprefix(task.eval_prefix))
+                        for item, text in zip(batch, done.texts)]
+            seconds = time.time() - t0
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"generations": records, **meta,
+                                     "metrics": {"wall_time": seconds, "total_processed": len(records)}})
+        print_scores(rescore([path], task.name))
+        files.append(path)
+    return files
+
+
+def earlier_records(path, meta, task, items):
+    """The records an interrupted run left in `path`, checked to be this run's (same settings, the
+    same questions in the same order), or [] for a new file. Anything else is refused, not
+    overwritten."""
+    if not path.exists():
+        return []
+    records, _ = read_generations(path)
+    saved = json.loads(path.read_text())
+    changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in meta.items() if saved.get(k) != v]
+    questions = [task.generation_record(item, "")["question"] for item in items[:len(records)]]
+    if changed or len(records) > len(items) or [r.get("question") for r in records] != questions:
+        why = ", ".join(changed) or "other questions"
+        raise ValueError(f"{path} holds the generations of another run ({why}); pass another --out "
+                         "or remove it")
+    if records:
+        print(f"{path}: continuing after the {len(records)} answers already there")
+    return records
+
+
+# -----------------------------------------------------------------------------
+
+
 @dataclass
 class EvalConfig:
-    """Evaluate a checkpoint, print the tiny d1 table, or rescore d1's generation files."""
+    """Evaluate a checkpoint, print the tiny d1 table, rescore d1's generation files, or run d1's
+    evaluation of a LLaDA model."""
 
     ckpt: str = ""  # mode 1: a project checkpoint to evaluate on the tiny tasks' test sets
     table: bool = False  # mode 2: the tiny d1 table (the four shipped checkpoints)
     rescore: tuple[str, ...] = ()  # mode 3: d1 generation .json files, scored with d1's evaluation parsing
-    task: str = ""  # --rescore: the task, when the file names do not tell it
+    model: str = ""  # mode 4: a LLaDA folder (or .pt) evaluated on d1's --task, writing d1's generation file
+    task: str = ""  # --model: gsm8k, math, countdown or sudoku; --rescore: the task, when file names do not tell
+    data: str = ""  # --model: the test set file (default: data/<file> as in README, 'd1 at full scale')
+    out: str = ""  # --model: the generation file (default out/eval/<task>_<model>_<gen>_<steps>_generations.json)
     tasks: str = "all"  # --ckpt/--table: tiny tasks, comma-separated, or all
-    gen_length: tuple[int, ...] = (96, 128)  # --ckpt/--table: generation lengths (<= 32, or multiples of 32)
-    n: int = 256  # --ckpt/--table: test questions per task (256, as d1 for Countdown and Sudoku)
-    batch_size: int = 64  # --ckpt/--table: questions decoded together
+    gen_length: tuple[int, ...] = ()  # generation lengths (<= 32 or multiples of 32); --ckpt/--table: 96,128
+    n: int | None = None  # test questions per task; none = 256 for --ckpt/--table, all for --model
+    batch_size: int = 64  # questions decoded together (LLaDA-8B at gen 256 on 24 GB: 8)
     device: str = "auto"  # auto -> cuda, then mps, then cpu
     dtype: str = "bfloat16"  # autocast dtype: bfloat16 or float32
-    cache: str | None = None  # --ckpt/--table: fast sampler's KV cache: none (d1's protocol), prefix or dual
-    threshold: float | None = None  # --ckpt/--table: parallel decoding threshold in (0, 1], e.g. 0.9; none = off
+    cache: str | None = None  # fast sampler's KV cache: none (d1's protocol), prefix or dual
+    threshold: float | None = None  # parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1's protocol)
 
     def __post_init__(self):
-        modes = [name for name in ("ckpt", "table", "rescore") if getattr(self, name)]
+        modes = [name for name in ("ckpt", "table", "rescore", "model") if getattr(self, name)]
         if len(modes) != 1:
-            raise ConfigError("give exactly one of --ckpt=FILE, --table, --rescore FILE..."
+            raise ConfigError("give exactly one of --ckpt=FILE, --table, --rescore FILE..., --model=DIR"
                               + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
         if self.task:
-            check_choice("task", self.task, tuple(D1_TASKS))
+            check_choice("task", self.task, D1_TASK_NAMES)
+            self.task = d1_task(self.task).name  # "math" is MATH500's
         for path in map(Path, self.rescore):  # every file is checked before any is scored
             if not path.is_file():
                 raise ConfigError(f"--rescore: {path}: " + ("is a folder" if path.is_dir() else "no such file"))
@@ -308,12 +398,35 @@ class EvalConfig:
                 task_of(path)
         if self.ckpt:
             check_checkpoint_path(self.ckpt)
-        check_range(self, 1, None, "n", "batch_size")
+        if self.model:
+            self._check_model_mode()
+        elif self.data or self.out:
+            raise ConfigError("--data and --out go with --model")
+        if not self.gen_length:
+            self.gen_length = (96, 128)
+        if self.n is None:
+            self.n = 256 if (self.ckpt or self.table) else None
+        else:
+            check_range(self, 1, None, "n")
+        check_range(self, 1, None, "batch_size")
         check_choice("dtype", self.dtype, ("bfloat16", "float32"))
         pick_device(self.device)
         for g in self.gen_length:
             check_sampler(g, min(32, g), g // 2)
         check_fast_sampler(self.cache, self.threshold)
+
+    def _check_model_mode(self):
+        check_model_path(self.model, "model")
+        if not self.task:
+            raise ConfigError("--model needs --task: gsm8k, math, countdown or sudoku")
+        if not self.gen_length:
+            raise ConfigError("--model needs --gen_length (d1's Table 1: 128, 256 and 512)")
+        if self.out and len(self.gen_length) > 1:
+            raise ConfigError("--out names one file: give one --gen_length with it")
+        data = Path(self.data or DEFAULT_TEST_FILES[self.task])
+        if not data.is_file():
+            raise ConfigError(f"--data={data}: no such file; download d1's test set (README, 'd1 at full scale') "
+                              "or pass --data=FILE")
 
 
 def main(argv=None):
@@ -321,6 +434,8 @@ def main(argv=None):
         cfg = cli(EvalConfig, sys.argv[1:] if argv is None else argv)
         if cfg.rescore:
             print_scores(rescore(cfg.rescore, cfg.task or None))
+        elif cfg.model:
+            eval_model(cfg)
         elif cfg.ckpt:
             eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype,
                             cache=cfg.cache, threshold=cfg.threshold)

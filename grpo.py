@@ -52,19 +52,49 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, finish, init_model,
-                    make_optimizer, mix_seed, restore, save_run, set_lr, start_run)
+from checkpoint import finish, load_tokenizer, model_config, restore, save_run
+from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, init_model,
+                    make_optimizer, mix_seed, row_slices, set_lr, start_run)
 from diffusion import REMASKING, check_fast_sampler, check_sampler
 from eval import complete
 from lora import adapters_off
 from plot import plot_rewards
+from tasks_d1 import D1_TASK_NAMES, d1_task
 from tasks_tiny import get_tiny_tasks
-from tokenizer import Tokenizer
+
+
+D1_STEPS = {"gsm8k": 7700, "math": 6600, "countdown": 5000, "sudoku": 3800}  # d1's runs, stopped by hand
+
+
+def d1_grpo_preset(given):
+    """--preset=d1: d1's diffu-GRPO run for LLaDA-8B-Instruct on one task (d1 paper Sec. 3.2 and
+    Sec. 4; d1's released run scripts, whose values the authors ran where the paper differs)."""
+    task = given.get("task")
+    if task not in D1_STEPS:
+        raise ConfigError(f"--preset=d1 needs --task, one of {', '.join(D1_STEPS)} (d1's mu and steps depend on it)")
+    return {
+        "lora_r": 128, "lora_alpha": 64.0, "lora_dropout": 0.05,  # d1's run scripts
+        "lora_targets": "q_proj,k_proj,v_proj,up_proj",  # d1 (the other names its code lists are not in LLaDA)
+        "lr": 3e-6,  # d1's scripts (the paper's text says 5e-6)
+        "betas": (0.9, 0.99), "weight_decay": 0.1, "grad_clip": 0.2,  # d1
+        "warmup_steps": 5, "min_lr_ratio": 1.0,  # d1: constant schedule after a tiny warmup
+        "steps": D1_STEPS[task],
+        "questions_per_step": 16,  # d1: 8 GPUs x 1 question x 2 accumulation steps
+        "group_size": 6, "gen_length": 256, "block_length": 32, "diffusion_steps": 128,  # d1's rollouts
+        "temperature": 0.9, "remasking": "low_confidence",  # d1's rollouts
+        "max_prompt_length": 200,  # d1 cuts longer prompts from the left
+        "mu": 12 if task in ("gsm8k", "math") else 8,  # d1: 12 for GSM8K and MATH, 8 for Countdown and Sudoku
+        "p_mask_prompt": 0.15, "epsilon": 0.5, "beta": 0.04,  # d1's run scripts
+        "rollout_batch": 6, "logp_chunk": 6,  # one question's group per forward, as d1's one per GPU
+        "checkpointing": True,  # memory for one GPU (memory.py)
+        "sample_every": 50, "ckpt_every": 100,  # d1 evaluates every 100 steps
+    }
 
 
 @dataclass
@@ -93,9 +123,14 @@ class GRPOConfig(FinetuneConfig):
     warmup_steps: int = 5  # d1: constant schedule with a short warmup
     min_lr_ratio: float = 1.0  # constant after warmup, as d1
     logp_chunk: int = 16  # rows per log-prob forward pass (bounds the (rows, T, V) logits in memory)
+    rollout_batch: int = 0  # rows per sampler call; 0 = all questions_per_step x group_size at once
+    max_prompt_length: int = 0  # cut longer prompts from the left (d1: 200); 0 = never
+    task: str = ""  # with --data: d1's task, gsm8k, math, countdown or sudoku (its RL prompt and rewards)
     log_every: int = 1  # print and log a metrics line every N steps
     sample_every: int = 10  # print the best and worst completion of a question every N steps
     ckpt_every: int = 20  # write out_dir/ckpt.pt every N steps (and at the end)
+
+    PRESETS: ClassVar[dict] = {"d1": d1_grpo_preset}
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,14 +142,34 @@ class GRPOConfig(FinetuneConfig):
                       keys=("gen_length", "block_length", "diffusion_steps"))
         check_fast_sampler(self.cache, self.threshold)
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
+        check_range(self, 0, None, "rollout_batch", "max_prompt_length")
+        if self.task:
+            check_choice("task", self.task, D1_TASK_NAMES)
         check_range(self, 0, None, "temperature", "beta")
         check_range(self, 0, 1, "p_mask_prompt")
         check_range(self, 0, None, "epsilon", low_open=True)
 
 
-def check_fits(cfg, tok, pools, context):
+def training_pools(cfg):
+    """[(task, its training examples)]: d1's task read from --data, or the tiny tasks."""
+    if bool(cfg.task) != bool(cfg.data):
+        raise ConfigError("--task and --data go together: d1's task and its training rows (a local file; "
+                          "README, 'd1 at full scale'); without both, the tiny tasks")
+    if cfg.data:
+        task = d1_task(cfg.task)
+        return [(task, task.load(cfg.data))]
+    return [(task, task.examples("train")) for task in get_tiny_tasks(cfg.tasks)]
+
+
+def longest_prompt(cfg, tok, pools):
+    """The longest RL prompt in tokens, after the --max_prompt_length cut."""
+    longest = max(len(tok.chat(task.rl_prompt(ex))) for task, examples in pools
+                  for ex in tqdm(examples, desc="prompt lengths", leave=False, disable=None))
+    return min(longest, cfg.max_prompt_length) if cfg.max_prompt_length else longest
+
+
+def check_fits(cfg, longest, context):
     """Refuse, before the first rollout, a gen_length that the longest question leaves no room for."""
-    longest = max(len(tok.chat(task.rl_prompt(ex))) for task, examples in pools for ex in examples)
     if longest + cfg.gen_length > context:
         raise ConfigError(f"--gen_length={cfg.gen_length}: the longest prompt ({longest} tokens) plus the answer "
                           f"exceed the model's context of {context} tokens; at most {context - longest}")
@@ -185,9 +240,8 @@ def sequence_logps(model, ro, is_prompt_masked, mask_id, rows=slice(None)):
 @torch.no_grad()
 def chunked_logps(model, ro, is_prompt_masked, mask_id, chunk_size):
     """sequence_logps for all rows, chunk_size rows at a time, without gradients: (N, C)."""
-    N = ro.completion_ids.size(0)
-    return torch.cat([sequence_logps(model, ro, is_prompt_masked, mask_id, slice(i, i + chunk_size))
-                      for i in range(0, N, chunk_size)])
+    return torch.cat([sequence_logps(model, ro, is_prompt_masked, mask_id, rows)
+                      for rows in row_slices(ro.completion_ids.size(0), chunk_size)])
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
@@ -211,16 +265,38 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
     return loss, stats
 
 
+def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, loss_mask, cfg, device):
+    """Line 9, one gradient step: the clipped loss over every row of the rollout, cfg.logp_chunk rows
+    per forward/backward (their gradients add up), then clipping and the optimizer step.
+    old, ref: (N, C) log-probs under this update's prompt mask. Returns sums of loss, kl, clipped."""
+    sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    n_tokens = loss_mask.sum().clamp(min=1)
+    for rows in row_slices(ro.completion_ids.size(0), cfg.logp_chunk):
+        with autocast(device, cfg.dtype):
+            logp = sequence_logps(model, ro, is_prompt_masked, model.config.mask_token_id, rows)  # (n, C)
+        loss, stats = grpo_loss(logp, old[rows], ref[rows], advantages[rows], loss_mask[rows], cfg.epsilon, cfg.beta,
+                                n_tokens)
+        loss.backward()
+        sums["loss"] += loss.item()
+        sums["kl"] += stats["kl"]
+        sums["clipped"] += stats["clipped"]
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums
+
+
 # -----------------------------------------------------------------------------
 # Algorithm 1
 
 
 def train_grpo(cfg: GRPOConfig):
     device = start_run(cfg, "grpo")
-    tok = Tokenizer.tiny()
-    pools = [(task, task.examples("train")) for task in get_tiny_tasks(cfg.tasks)]
-    model = init_model(cfg, device)
-    check_fits(cfg, tok, pools, model.config.max_sequence_length)
+    tok = load_tokenizer(cfg.init)  # the tiny tokenizer, or a LLaDA folder's tokenizer.json
+    pools = training_pools(cfg)
+    longest = longest_prompt(cfg, tok, pools)
+    check_fits(cfg, longest, model_config(cfg.init).max_sequence_length)
+    model = init_model(cfg, device, tok, "grpo", prompt_length=longest)
     # pi_ref, the KL anchor: the starting model. With LoRA that is the same model with its adapters
     # off; otherwise a frozen copy. (adapters_off does nothing to a model without adapters.)
     reference = model if cfg.lora_r > 0 else copy.deepcopy(model).requires_grad_(False).eval()
@@ -244,12 +320,12 @@ def train_grpo(cfg: GRPOConfig):
             ro = complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
                           block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
                           remasking=cfg.remasking, generator=noise_gen, prompt="rl", cache=cfg.cache,
-                          threshold=cfg.threshold)  # N = questions x G rows
+                          threshold=cfg.threshold, max_prompt_length=cfg.max_prompt_length or None,
+                          batch_size=cfg.rollout_batch or None)  # N = questions x G rows
 
         # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
         advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
         loss_mask = completion_mask(ro.completion_ids, tok.eos_id)  # (N, C)
-        n_tokens = loss_mask.sum().clamp(min=1)
         seconds["rollout"] = time.time() - tick
 
         # Line 8, for every j at once: the old and reference log-probs don't change during the mu
@@ -262,25 +338,13 @@ def train_grpo(cfg: GRPOConfig):
                 ref = [chunked_logps(reference, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
         seconds["logps"] = time.time() - tick
 
-        # Lines 7-9: mu gradient steps on the same rollout, step j with prompt mask j. Rows go
-        # through the model `chunk` at a time and their gradients add up before the step.
+        # Lines 7-9: mu gradient steps on the same rollout, step j with prompt mask j.
         tick = time.time()
         model.train()
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for j in range(mu):
-            for i in range(0, ro.completion_ids.size(0), chunk):
-                rows = slice(i, i + chunk)
-                with autocast(device, cfg.dtype):
-                    logp = sequence_logps(model, ro, masks[j], mask_id, rows)  # (n, C)
-                loss, stats = grpo_loss(logp, old[j][rows], ref[j][rows], advantages[rows], loss_mask[rows],
-                                        cfg.epsilon, cfg.beta, n_tokens)
-                loss.backward()
-                sums["loss"] += loss.item()
-                sums["kl"] += stats["kl"]
-                sums["clipped"] += stats["clipped"]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_sums = policy_update(model, optimizer, ro, masks[j], old[j], ref[j], advantages, loss_mask, cfg, device)
+            sums = {k: sums[k] + step_sums[k] for k in sums}
         seconds["update"] = time.time() - tick
 
         # Log, show the best and worst completion now and then, checkpoint.
@@ -295,7 +359,7 @@ def train_grpo(cfg: GRPOConfig):
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_run(cfg, "grpo", model, optimizer, done, noise_gen)
     plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
-    finish(cfg, "grpo", model, optimizer, noise_gen, time.time() - t0)
+    finish(cfg, "grpo", model, optimizer, noise_gen, time.time() - t0, tok)
     return model
 
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from common import (MetricsLog, RunConfig, autocast, check_choice, check_range, finish, make_optimizer, mix_seed,
-                    restore, save_run, set_lr, start_run)
+from checkpoint import finish, restore, save_run
+from common import (MetricsLog, RunConfig, autocast, check_choice, check_range, make_optimizer, mix_seed, row_slices,
+                    set_lr, start_run)
 from diffusion import diffusion_loss
 from eval import complete
 from model import Config, Model
@@ -92,6 +93,7 @@ def train_pretrain(cfg: PretrainConfig):
     device = start_run(cfg, "pretrain")
     tok = Tokenizer.tiny()
     model = Model(Config.preset(cfg.model)).init_weights(seed=cfg.seed).to(device)
+    model.checkpointing = cfg.checkpointing
     print(f"model: {model.num_params():,} parameters (trained from scratch)")
     return denoising_loop(cfg, "pretrain", model, tok, device, lambda step: pretrain_batch(step, cfg, tok))
 
@@ -115,9 +117,13 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
         # one optimizer step: a fresh batch, a fresh masking of it, the loss, the update
         lr = set_lr(optimizer, step, cfg)
         x0, prompt_lengths = (t.to(device) for t in batch_at(step))  # (B, T), (B,)
-        with autocast(device, cfg.dtype):
-            loss = diffusion_loss(model, x0, prompt_lengths, mask_id, generator=noise_gen)
-        loss.backward()
+        loss = 0.0
+        for rows in row_slices(x0.size(0), cfg.micro_batch):  # gradients add up over micro-batches
+            with autocast(device, cfg.dtype):
+                part = diffusion_loss(model, x0[rows], prompt_lengths[rows], mask_id, generator=noise_gen)
+            part = part * (rows.stop - rows.start) / x0.size(0)  # a row's weight is 1/B, as in one pass
+            part.backward()
+            loss += part.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -136,7 +142,7 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
             print_samples(model, tok, samples, device, cfg.dtype)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_run(cfg, stage, model, optimizer, done, noise_gen)
-    finish(cfg, stage, model, optimizer, noise_gen, time.time() - t0)
+    finish(cfg, stage, model, optimizer, noise_gen, time.time() - t0, tok)
     return model
 
 

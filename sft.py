@@ -22,13 +22,38 @@ which SFT shares: the two stages differ only in their batches.
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from tqdm import tqdm
 
-from common import ConfigError, FinetuneConfig, check_range, init_model, mix_seed, start_run
+from checkpoint import load_tokenizer
+from common import ConfigError, FinetuneConfig, check_choice, check_range, init_model, mix_seed, start_run
+from data_d1 import s1k_examples
 from pretrain import denoising_loop
 from tasks_tiny import get_tiny_tasks
-from tokenizer import EOT, Tokenizer
+from tokenizer import EOT
+
+
+def d1_sft_preset(given):
+    """--preset=d1: d1's SFT run on s1K for LLaDA-8B-Instruct (d1 paper Sec. 3.1 and its appendix;
+    d1's released SFT script, whose values the authors ran; the paper's text says LoRA r 8, alpha 16)."""
+    return {
+        "lora_r": 128, "lora_alpha": 256.0,  # d1's script (paper text: r 8, alpha 16)
+        "lora_dropout": 0.05,  # d1's LoRA dropout
+        "lora_targets": "q_proj,k_proj,v_proj",  # d1's SFT targets
+        "lr": 1e-5,  # d1's script
+        "weight_decay": 0.1,  # d1
+        "grad_clip": 1.0,  # d1
+        "seq_len": 4096,  # d1 pads every s1K row with EOS to 4,096 tokens
+        "long_rows": "cut",  # s1K's longest traces exceed 4,096 tokens: keep their first 4,096
+        "batch_size": 8,  # d1's effective batch (8 GPUs x 1 row)
+        "micro_batch": 1,  # one 4,096-token row per forward/backward on one GPU (memory.py)
+        "steps": 2460,  # d1: 20 epochs of 990 rows at batch 8
+        "holdout": 10,  # d1 trains on 990 of s1K's 1,000 rows
+        "checkpointing": True,  # needed on one GPU at 4,096 tokens (memory.py)
+        "sample_every": 0,  # the tiny samples are not LLaDA-8B's kind of question
+    }
 
 
 @dataclass
@@ -43,11 +68,17 @@ class SFTConfig(FinetuneConfig):
     seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     sample_every: int = 500  # decode a few samples every N steps (0 = never)
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)
+    holdout: int = 0  # --data: leave out the last N rows (d1 holds out 10 of s1K's 1,000)
+    long_rows: str = "error"  # a row longer than seq_len: error, cut (keep its first seq_len tokens) or drop
+
+    PRESETS: ClassVar[dict] = {"d1": d1_sft_preset}
 
     def __post_init__(self):
         super().__post_init__()
         check_range(self, 1, None, "batch_size", "n_per_task")
         check_range(self, 2, None, "seq_len")
+        check_range(self, 0, None, "holdout")
+        check_choice("long_rows", self.long_rows, ("error", "cut", "drop"))
 
 
 def sft_examples(tasks, n_per_task, seed):
@@ -62,24 +93,37 @@ def sft_examples(tasks, n_per_task, seed):
     return examples
 
 
-def encode_example(tok, question, response, seq_len):
+def encode_example(tok, question, response, seq_len, long_rows="error"):
     """One row: chat-templated question, response, <|eot_id|>, then EOS up to seq_len tokens.
 
-    Returns (ids, prompt_length). A row that does not fit is an error, never silently cut: a cut
-    answer would teach the model to stop mid-sentence."""
+    Returns (ids, prompt_length), or None for a dropped row. A row that does not fit is an error
+    unless long_rows says "cut" (keep the first seq_len tokens: that answer never stops, which
+    teaches nothing about stopping) or "drop"; never silently."""
     prompt = tok.chat(question)
     answer = tok.encode(response + EOT)
     if len(prompt) + len(answer) > seq_len:
-        raise ValueError(f"SFT example of {len(prompt)} + {len(answer)} tokens does not fit seq_len={seq_len}: "
-                         f"{question!r} -> {response[:60]!r}...")
+        if long_rows == "drop" or (long_rows == "cut" and len(prompt) >= seq_len):
+            return None  # nothing of the answer would be left to learn from
+        if long_rows == "error":
+            raise ValueError(f"SFT example of {len(prompt)} + {len(answer)} tokens does not fit "
+                             f"--seq_len={seq_len} (--long_rows=cut or drop allows it): "
+                             f"{question[:60]!r} -> {response[:60]!r}...")
     padding = [tok.eos_id] * (seq_len - len(prompt) - len(answer))
-    return prompt + answer + padding, len(prompt)
+    return (prompt + answer + padding)[:seq_len], len(prompt)
 
 
-def encode_dataset(tok, examples, seq_len):
-    """All examples as tensors: ids (N, T) and prompt lengths (N,)."""
-    rows = [encode_example(tok, q, r, seq_len) for q, r in examples]
-    return torch.tensor([ids for ids, _ in rows]), torch.tensor([p for _, p in rows])
+def encode_dataset(tok, examples, seq_len, long_rows="error"):
+    """All examples as tensors: ids (N, T) and prompt lengths (N,). Says how many rows were cut or
+    dropped (long_rows)."""
+    rows = [encode_example(tok, q, r, seq_len, long_rows) for q, r in tqdm(examples, desc="tokenize", leave=False, disable=None)]
+    kept = [row for row in rows if row is not None]
+    cut = sum(tok.eot_id not in ids for ids, _ in kept)  # a cut row lost its end of turn
+    if len(kept) < len(rows) or cut:
+        print(f"of {len(rows)} rows longer than --seq_len={seq_len} tokens: {cut} cut, "
+              f"{len(rows) - len(kept)} dropped (--long_rows={long_rows})")
+    if not kept:
+        raise ValueError(f"no SFT row fits --seq_len={seq_len}")
+    return torch.tensor([ids for ids, _ in kept]), torch.tensor([p for _, p in kept])
 
 
 def sft_batch(step, batch_size, ids, prompt_lengths, seed):
@@ -96,13 +140,19 @@ def sft_batch(step, batch_size, ids, prompt_lengths, seed):
 
 def train_sft(cfg: SFTConfig):
     device = start_run(cfg, "sft")
-    tok = Tokenizer.tiny()
-    examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed)
-    ids, prompt_lengths = encode_dataset(tok, examples, cfg.seq_len)  # (N, T), (N,)
-    model = init_model(cfg, device)
+    tok = load_tokenizer(cfg.init)  # the tiny tokenizer, or a LLaDA folder's tokenizer.json
+    if cfg.data:  # d1: s1K's rows, from a local file
+        examples = s1k_examples(cfg.data)
+        if cfg.holdout >= len(examples):
+            raise ConfigError(f"--holdout={cfg.holdout}: {cfg.data} has only {len(examples)} rows")
+        examples = examples[:len(examples) - cfg.holdout]
+    else:
+        examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed)
+    ids, prompt_lengths = encode_dataset(tok, examples, cfg.seq_len, cfg.long_rows)  # (N, T), (N,)
+    model = init_model(cfg, device, tok, "sft")
     if cfg.seq_len > model.config.max_sequence_length:
         raise ConfigError(f"--seq_len={cfg.seq_len}: more than the model's context of "
                           f"{model.config.max_sequence_length} tokens ({cfg.init})")
-    print(f"SFT set: {len(examples)} examples, {ids.size(1)} tokens per row; e.g. {examples[0]}")
+    print(f"SFT set: {ids.size(0)} rows of {ids.size(1)} tokens; e.g. {str(examples[0])[:300]}")
     batch_at = lambda step: sft_batch(step, cfg.batch_size, ids, prompt_lengths, cfg.seed)  # noqa: E731
     return denoising_loop(cfg, "sft", model, tok, device, batch_at)

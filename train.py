@@ -9,6 +9,7 @@ Train the tiny LLaDA-style model, one stage at a time: pretrain -> sft -> grpo.
     python train.py --stage pretrain --resume             # continue out_dir/ckpt.pt exactly
     python train.py --stage grpo --help                   # every key, its default and meaning
     python train.py --stage sft --device=cuda --dtype=float32            # on a GPU
+    python train.py --stage grpo --preset=d1 --task=gsm8k --plan=llada-8b   # memory plan only (memory.py)
 
 The README gives each stage's time on a 2-core CPU. Each stage is a config dataclass and one
 visible training loop in its own file; this file only picks the stage. Every key of the stage's
@@ -25,6 +26,7 @@ import sys
 
 from common import ConfigError, cli, one_line_errors, report_what_was_kept
 from grpo import GRPOConfig, train_grpo
+from memory import fit_table, plan_for
 from pretrain import PretrainConfig, train_pretrain
 from sft import SFTConfig, train_sft
 
@@ -42,10 +44,29 @@ def main(argv):
                               "(--stage first)")
         if stage not in STAGES:
             raise ConfigError(f"--stage={stage!r}: expected one of {', '.join(STAGES)}")
+        model, rest = take_plan(rest)
+        if model is not None and stage == "pretrain":
+            raise ConfigError("--plan is for sft and grpo")
         config_cls, train_fn = STAGES[stage]
         cfg = cli(config_cls, rest)  # every key checked before anything is loaded or written
+        if model is not None:  # --plan=MODEL: the memory plan of this run on MODEL, then stop
+            plan = plan_for(model, stage, cfg)
+            print(f"{plan}\n\n{fit_table(plan)}")
+            return plan
     with report_what_was_kept("train.py", cfg.out_dir):
         return train_fn(cfg)
+
+
+def take_plan(argv):
+    """(MODEL of --plan=MODEL or --plan MODEL, or None; argv without it)."""
+    for i, arg in enumerate(argv):
+        if arg.partition("=")[0] == "--plan":
+            n = 1 if "=" in arg else 2  # the arguments it takes
+            model = arg.partition("=")[2] if n == 1 else "".join(argv[i + 1:i + 2])
+            if not model or model.startswith("--"):
+                raise ConfigError("--plan needs a model: llada-8b, tiny, a LLaDA folder or a .pt file")
+            return model, argv[:i] + argv[i + n:]
+    return None, argv
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+import checkpoint
 import common
 from common import (ConfigError, MetricsLog, RunConfig, cli, config_help, lr_at, make_optimizer, mix_seed,
                     parse_config, pick_device)
@@ -190,13 +191,13 @@ def test_restore_refuses_another_stage_and_a_slim_export(tiny_model, tmp_path):
     model = tiny_model()
     cfg = RunConfig(out_dir=str(tmp_path))
     optimizer, noise = make_optimizer(model, cfg), torch.Generator()
-    common.save_run(cfg, "sft", model, optimizer, 3, noise)
-    with pytest.raises(common.CheckpointError, match=r"ckpt.pt is a 'sft' checkpoint, not 'grpo'"):
-        common.restore(cfg, "grpo", model, optimizer, noise)
-    assert common.restore(cfg, "sft", model, optimizer, noise) == 3
-    common.save_run(cfg, "sft", model, optimizer, 3, noise, slim=True)
-    with pytest.raises(common.CheckpointError, match="has no optimizer state"):
-        common.restore(cfg, "sft", model, optimizer, noise)
+    checkpoint.save_run(cfg, "sft", model, optimizer, 3, noise)
+    with pytest.raises(checkpoint.CheckpointError, match=r"ckpt.pt is a 'sft' checkpoint, not 'grpo'"):
+        checkpoint.restore(cfg, "grpo", model, optimizer, noise)
+    assert checkpoint.restore(cfg, "sft", model, optimizer, noise) == 3
+    checkpoint.save_run(cfg, "sft", model, optimizer, 3, noise, slim=True)
+    with pytest.raises(checkpoint.CheckpointError, match="has no optimizer state"):
+        checkpoint.restore(cfg, "sft", model, optimizer, noise)
 
 
 # -- the metrics log -----------------------------------------------------------------------------

@@ -177,9 +177,9 @@ def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path, user_error):
 
 @pytest.mark.parametrize("argv, message", [
     ([], "give exactly one of --ckpt=FILE, --table, --rescore FILE..."),
-    (["--ckpt=a.pt", "--table"], "give exactly one of --ckpt=FILE, --table, --rescore FILE... (got --ckpt, --table)"),
+    (["--ckpt=a.pt", "--table"], "give exactly one of --ckpt=FILE, --table, --rescore FILE..., --model=DIR (got --ckpt, --table)"),
     (["--table", "--gen_length=40"], "--gen_length=40 must be a multiple of --block_length=32"),
-    (["--rescore", "a.json", "--task=chess"], "--task='chess': expected one of gsm8k, math500, countdown, sudoku"),
+    (["--rescore", "a.json", "--task=chess"], "--task='chess': expected one of gsm8k, math500, countdown, sudoku, math"),
     (["--ckpt=checkpoints/tiny-sft.pt", "--n=0"], "--n=0: must be at least 1"),
     (["--ckpt=nope.pt"], "checkpoint nope.pt does not exist"),
     ([f"--ckpt={ROOT / 'checkpoints/tiny-sft.pt'}", "--tasks=chess"], "unknown task 'chess'"),

@@ -21,7 +21,7 @@ def test_row_is_prompt_response_eot_then_eos_padding():
 
 def test_too_long_example_is_refused_not_cut():
     tok = Tokenizer.tiny()
-    with pytest.raises(ValueError, match="does not fit seq_len=16"):
+    with pytest.raises(ValueError, match="does not fit --seq_len=16"):
         sft.encode_example(tok, "a question", "an answer that is long", 16)
 
 
