@@ -87,6 +87,11 @@ def test_sft_then_grpo_then_eval_through_the_command_lines(world):
     torch.testing.assert_close(logits_of(load_pretrained(root / "grpo")),
                                logits_of(merged_from_run(root / "sft", root / "grpo-run")), rtol=0, atol=0)
 
+    # The export also opens in sample.py, as a user would chat with it.
+    out = run("sample.py", f"--model={root / 'grpo'}", "--prompt=What is 2+3?", "--gen_length=32", "--steps=16",
+              "--device=cpu").stdout
+    assert out.strip()
+
     # 3. d1's evaluation of the RL export, then the same file rescored: the same accuracy line.
     gens = root / "gsm8k_eval_32_16_generations.json"
     out = run("eval.py", f"--model={root / 'grpo'}", "--task=gsm8k", f"--data={world['gsm8k_test']}",
