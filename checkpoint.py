@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+import distributed
 from lora import lora_layers, merge_lora
 from model import Config, Model
 from tokenizer import Tokenizer
@@ -413,16 +414,22 @@ def adapters_only(cfg, model):
 def save_run(cfg, stage, model, optimizer, step, noise_gen, path=None, slim=False):
     """Write a checkpoint atomically. "model" holds plain official weights (LoRA merged in), so
     eval.py and the next stage read it directly, except for a LoRA run on a folder (adapters_only);
-    resume state (optimizer, RNG, adapters) unless slim."""
-    ckpt = {"config": asdict(model.config), "stage": stage, "train_config": asdict(cfg), "step": step,
-            "init": getattr(cfg, "init", None)}  # pretraining starts from no model
-    if not adapters_only(cfg, model):
-        ckpt["model"] = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
-    if not slim:
-        ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
-        if lora_layers(model):
-            ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
-    save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
+    resume state (optimizer, RNG, adapters) unless slim.
+
+    Under torchrun every process calls this; rank 0 writes (model, optimizer and RNG states are the
+    same on every process, so one file resumes a run on any number of them) and the others wait for
+    it. `model` is the plain model, not its DDP wrapper (whose keys start with "module.")."""
+    if distributed.is_main():
+        ckpt = {"config": asdict(model.config), "stage": stage, "train_config": asdict(cfg), "step": step,
+                "init": getattr(cfg, "init", None)}  # pretraining starts from no model
+        if not adapters_only(cfg, model):
+            ckpt["model"] = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
+        if not slim:
+            ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
+            if lora_layers(model):
+                ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+        save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
+    distributed.barrier()
 
 
 def restore(cfg, stage, model, optimizer, noise_gen):
@@ -459,8 +466,10 @@ def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok=None):
     if Path(cfg.export).suffix == ".pt":
         save_run(cfg, stage, model, optimizer, cfg.steps, noise_gen, path=cfg.export, slim=True)
     else:
-        save_pretrained(merge_lora(model), cfg.export)
-        (tok or load_tokenizer(cfg.init)).save_pretrained(cfg.export)
+        if distributed.is_main():  # under torchrun: rank 0 writes, the others wait
+            save_pretrained(merge_lora(model), cfg.export)
+            (tok or load_tokenizer(cfg.init)).save_pretrained(cfg.export)
+        distributed.barrier()
     print(f"exported the weights (no optimizer state) to {cfg.export}")
 
 
@@ -473,5 +482,5 @@ def set_rng_state(state, noise_gen):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     noise_gen.set_state(state["noise"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"]:  # the GPUs this machine has (a run may resume on fewer)
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import distributed
 from checkpoint import check_checkpoint_path, check_model_path, load_any, model_config
 from lora import LLADA_LINEARS, add_lora
 from memory import plan_run
@@ -174,17 +175,22 @@ def config_help(cls):
 def one_line_errors(program):
     """Turn a user error into one line and exit status 1, never a traceback: a ValueError (a bad key
     or value, an unusable checkpoint, task or data file; every error class of this project is one)
-    or an OSError (a path that cannot be read or written)."""
+    or an OSError (a path that cannot be read or written). Under torchrun every process meets the
+    same user error; rank 0 says it, the others just exit with status 1."""
     try:
         yield
     except (ValueError, OSError) as e:
-        raise SystemExit(f"{program}: error: {e}") from None
+        raise SystemExit(f"{program}: error: {e}" if distributed.is_main() else 1) from None
 
 
 @contextlib.contextmanager
 def report_what_was_kept(program, out_dir):
     """Around a training run: a failure or Ctrl-C ends in one line that says what this run left in
-    out_dir (its last checkpoint, its metrics log). NANO_D1_DEBUG=1 shows the traceback instead."""
+    out_dir (its last checkpoint, its metrics log). NANO_D1_DEBUG=1 shows the traceback instead.
+
+    Under torchrun, rank 0 says it. An interrupt or a user error (a key, a file, a checkpoint) reaches
+    every process alike, so the others just exit with status 1; any other error may be a process's
+    own (one GPU out of memory), so each process that meets one names itself in its line."""
     started = time.time()
     try:
         yield
@@ -197,7 +203,11 @@ def report_what_was_kept(program, out_dir):
             what = f"error: {e}"
         else:
             what = f"error: {type(e).__name__}: {e} (NANO_D1_DEBUG=1 shows the traceback)"
-        raise SystemExit(f"{program}: {what}; {kept_files(out_dir, started)}") from None
+        if distributed.is_main():
+            raise SystemExit(f"{program}: {what}; {kept_files(out_dir, started)}") from None
+        if isinstance(e, (KeyboardInterrupt, ValueError, OSError)):
+            raise SystemExit(1) from None
+        raise SystemExit(f"{program} (rank {os.environ.get('RANK')}): {what}") from None
 
 
 def kept_files(out_dir, since):
@@ -366,11 +376,12 @@ def mix_seed(*parts):
     return h
 
 
-def row_slices(n_rows, size):
-    """Slices of at most `size` rows covering 0..n_rows (size 0 or None: one slice of all): how a
-    batch is cut into micro-batches (gradient accumulation) or sampler calls."""
+def row_slices(n_rows, size, start=0):
+    """Slices of at most `size` rows covering start..start + n_rows (size 0 or None: one slice of
+    all): how a batch, or one process's share of it, is cut into micro-batches (gradient
+    accumulation) or sampler calls. row_slices(4, 3, start=4) -> [slice(4, 7), slice(7, 8)]."""
     size = size or n_rows
-    return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
+    return [slice(i, min(i + size, start + n_rows)) for i in range(start, start + n_rows, size)]
 
 
 # -----------------------------------------------------------------------------
@@ -407,11 +418,17 @@ def set_lr(optimizer, step, cfg):
 
 def start_run(cfg, stage):
     """Seed, pick the device, print the resolved config (with where each value came from: a preset,
-    the command line, or the default). Returns the device."""
-    device = pick_device(cfg.device)
+    the command line, or the default). Returns the device.
+
+    Under torchrun, join the process group first (distributed.setup: this process's GPU, or gloo on
+    CPUs); only rank 0 prints from here on. Every process takes the same seed: the same initial
+    weights, data order and noise everywhere (distributed.py: each then works on its own rows)."""
+    device = distributed.setup(pick_device(cfg.device))
+    distributed.print_only_on_main()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    print(f"stage {stage} on {device}; config:")
+    processes = f" (rank 0 of {distributed.world()} processes)" if distributed.world() > 1 else ""
+    print(f"stage {stage} on {device}{processes}; config:")
     origins = getattr(cfg, "origins", {})  # set by parse_config; absent for a config built in code
     for k, v in asdict(cfg).items():
         print(f"  {k} = {v!r}" + (f"   ({origins[k]})" if k in origins else ""))
@@ -437,13 +454,16 @@ class MetricsLog:
 
     Nothing is written until the first row, so a run that fails before its first step leaves an
     earlier log as it was. A resumed run appends; a fresh run first renames an existing log to
-    metrics.jsonl.1 (then .2, ...), so no log is ever truncated."""
+    metrics.jsonl.1 (then .2, ...), so no log is ever truncated. Under torchrun only rank 0 writes
+    (a stage sums its metrics over the processes before it logs them)."""
 
     def __init__(self, out_dir, resume):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.append = resume
 
     def write(self, **row):
+        if not distributed.is_main():
+            return
         if not self.append:
             self._set_aside_old_log()
             self.append = True

@@ -52,7 +52,7 @@ def masked_token_ce(logits, targets, is_masked):
     return ce
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
     """LLaDA's masked-diffusion loss, for pretraining and for SFT (LLaDA paper, Sec. 2.1 and 2.3;
     d1 paper, Sec. 3.1): noise x0, predict the masked tokens, weight each one's CE by 1/p.
 
@@ -64,17 +64,23 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
                                             how a diffusion model learns where to stop.
     Pretraining is the case P = 0: the loss is then sum(CE / p) / (B * T), over ALL slots, not only
     the masked ones. That is what makes the 1/p weighting an unbiased estimate of the ELBO: in
-    expectation p * T tokens are masked, each weighted by 1/p."""
+    expectation p * T tokens are masked, each weighted by 1/p.
+
+    rows: a slice of the batch to compute (a micro-batch, or one process's share): the noise is
+    drawn for the whole batch as always, so the parts sum to the whole-batch loss exactly; the
+    result is that part's contribution, sum over its rows / B."""
     B, T = x0.shape
     positions = torch.arange(T, device=x0.device)  # (T,)
     is_prompt = positions[None, :] < prompt_lengths[:, None]  # (B, T)
-    xt, is_masked, p = forward_process(x0, mask_id, generator=generator)
+    xt, is_masked, p = forward_process(x0, mask_id, generator=generator)  # the whole batch's noise
+    rows = slice(None) if rows is None else rows
+    x0, xt, is_masked, is_prompt, p = x0[rows], xt[rows], is_masked[rows], is_prompt[rows], p[rows]
     is_masked = is_masked & ~is_prompt
     xt = torch.where(is_prompt, x0, xt)  # restore the prompt
-    logits = model(xt)  # (B, T, V)
-    ce = masked_token_ce(logits, x0, is_masked)  # (B, T)
-    answer_lengths = (T - prompt_lengths).clamp(min=1).float()  # (B,)
-    return ((ce / p).sum(dim=1) / answer_lengths).mean()
+    logits = model(xt)  # (b, T, V)
+    ce = masked_token_ce(logits, x0, is_masked)  # (b, T)
+    answer_lengths = (T - prompt_lengths[rows]).clamp(min=1).float()  # (b,)
+    return ((ce / p).sum(dim=1) / answer_lengths).sum() / B
 
 
 # -----------------------------------------------------------------------------
@@ -127,6 +133,11 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     """LLaDA's sampler. prompt (B, P) of token ids, left-padded if rows differ in length (then pass
     attention_mask (B, P), 1 = real token). Returns (B, P + gen_length); the prompt is unchanged.
 
+    generator: one torch.Generator for the whole batch (or None: torch's global one), or a list of
+    B generators, one per row. With the list, each row draws its own noise from its own generator,
+    so a row's answer depends only on its prompt, the length T and its generator, not on which
+    other rows share the batch (GRPO's rollouts: the same on 1 or 8 processes, see grpo.py).
+
     The answer is cut into blocks filled left to right ("semi-autoregressive"); inside a block the
     masked positions are filled over steps/num_blocks steps, a planned number per step:
 
@@ -158,6 +169,8 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r}; expected one of {', '.join(REMASKING)}")
     check_fast_sampler(cache, threshold, refresh_every)
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"{len(generator)} generators for {B} rows: pass one per row, or one for all")
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks if threshold is None else block_length  # threshold: an upper bound
 
@@ -213,17 +226,27 @@ def _commit(logits, is_masked, block_end, k, remasking, temperature, threshold, 
 
     logits (B, S, V) and is_masked (B, S) of the S positions run; block_end: where the block ends,
     counted from the first of them; k (B,) the planned number per row. Returns x0 (B, S), the
-    proposed tokens, and commit (B, S) bool."""
-    x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, S) proposals
+    proposed tokens, and commit (B, S) bool.
+    generator: one for all rows, or a list of B (one per row: see _per_row)."""
+    in_block = torch.arange(logits.size(1), device=logits.device) < block_end  # (S,): nothing right of the block yet
+    can_commit = is_masked & in_block  # (B, S): the positions this step may commit
+    if isinstance(generator, (list, tuple)):
+        x0 = _per_row(lambda b, g: add_gumbel_noise(logits[b], temperature, g).argmax(dim=-1),
+                      lambda b: logits[b].argmax(dim=-1), generator, can_commit)  # (B, S) proposals
+    else:
+        x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, S) proposals
     if remasking == "low_confidence" or threshold is not None:
         probs = F.softmax(logits.float(), dim=-1)  # noise-free confidence
         p_x0 = torch.gather(probs, -1, x0[..., None]).squeeze(-1)  # (B, S)
     if remasking == "low_confidence":
         confidence = p_x0
+    elif isinstance(generator, (list, tuple)):
+        S = x0.size(1)
+        confidence = _per_row(lambda b, g: torch.rand(S, device=x0.device, generator=g),
+                              lambda b: torch.zeros(S, device=x0.device), generator, can_commit)  # (B, S)
     else:
         confidence = torch.rand(x0.shape, device=x0.device, generator=generator)  # (B, S)
-    in_block = torch.arange(x0.size(1), device=x0.device) < block_end  # (S,): nothing right of the block yet
-    confidence = torch.where(is_masked & in_block, confidence, -torch.inf)  # committed tokens stay
+    confidence = torch.where(can_commit, confidence, -torch.inf)  # committed tokens stay
     if threshold is None:
         return x0, _top_k_per_row(confidence, k)
     # Fast-dLLM's confidence-aware parallel decoding (Wu et al. 2025): every candidate whose probability
@@ -231,6 +254,17 @@ def _commit(logits, is_masked, block_end, k, remasking, temperature, threshold, 
     candidate = confidence > -torch.inf  # (B, S)
     first = _top_k_per_row(confidence, candidate.any(dim=1).long())
     return x0, first | (candidate & (p_x0 > threshold))
+
+
+def _per_row(draw, idle, generators, can_commit):
+    """A step's random draws row by row, row b from generators[b]: torch.stack([draw(b, g_b)]).
+
+    A row with nothing left to commit in the block (can_commit[b] all False) draws nothing (idle(b): a
+    placeholder it will not commit). That only happens with threshold decoding, whose batch steps
+    on until its LAST row finishes the block: a finished row must not spend its generator's numbers
+    on steps that exist only because of the other rows."""
+    live = can_commit.any(dim=1).tolist()  # (B,) one device sync, not one per row
+    return torch.stack([draw(b, g) if live[b] else idle(b) for b, g in enumerate(generators)])
 
 
 def _guided_logits(model, x, attention_mask, is_prompt, mask_id, cfg_scale, kv_cache=None):

@@ -8,6 +8,7 @@ evaluation and the RL rollouts share.
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
     python eval.py --rescore gens/*_256_*.json               # d1's published LLaDA generations (README)
     python eval.py --model=LLaDA-8B-Instruct --task=gsm8k --gen_length=256   # d1's evaluation of a LLaDA folder
+    torchrun --nproc_per_node=8 eval.py --model=LLaDA-8B-Instruct --task=gsm8k --gen_length=256   # on 8 GPUs
     python eval.py --help                                    # every key, its default and meaning
 
 --ckpt and --table follow d1's evaluation protocol (d1 paper, Sec. 4) scaled to the tiny setting:
@@ -33,7 +34,11 @@ GSM8K 76.37% (1,130 items), MATH500 32.40% (500), Countdown 19.53% (256), Sudoku
 --model runs d1's protocol on a LLaDA folder (or a .pt checkpoint) over one of d1's test sets
 (--data, default data/<file> as the README downloads it; --n takes the first K items) and writes a
 generation file of that layout, after every batch, then prints the --rescore lines for it. Started
-again on the same file it continues after the answers already there.
+again on the same file it continues after the answers already there. Under torchrun the batches
+take turns over the processes (batch k on process k mod N), each batch exactly one process's batch
+(the same items, so the same padding and answers); after every round of N batches rank 0 collects
+them and writes the file, in test-set order: the same file as one process writes. The other modes
+run in one process.
 """
 import contextlib
 import json
@@ -50,6 +55,7 @@ from tqdm import tqdm
 from checkpoint import CheckpointError, check_checkpoint_path, check_model_path, load_any, load_model, write_json
 from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device, row_slices
 from diffusion import check_fast_sampler, check_sampler, generate
+from distributed import all_gather_objects, is_main, launched, print_only_on_main, rank, setup, teardown, world
 from tasks_d1 import D1_TASK_NAMES, D1_TASKS, d1_task
 from tasks_tiny import get_tiny_tasks
 from tokenizer import Tokenizer, end_of_turn
@@ -74,12 +80,15 @@ class Completions:
     steps: int = 0  # sampler steps taken, over all sampler calls (one forward pass each); fewer with threshold decoding
 
 
-def left_pad(sequences, pad_id):
+def left_pad(sequences, pad_id, pad_to=None):
     """Lists of ids -> (N, P) tensor left-padded with pad_id, and the (N, P) attention mask.
+    P is the longest sequence's length, or pad_to if that is more.
 
     Left padding puts every prompt's last token right before the completion, as the sampler
-    needs. Positions stay 0..T-1 along the row, as in LLaDA's own batched generation."""
-    P = max(len(s) for s in sequences)
+    needs. Positions stay 0..T-1 along the row, as in LLaDA's own batched generation, so the
+    amount of padding changes a row's positions and hence its logits: rows that must sample alike
+    in different batches (GRPO's rollouts on several processes) are padded to one pad_to."""
+    P = max(max(len(s) for s in sequences), pad_to or 0)
     ids = torch.tensor([[pad_id] * (P - len(s)) + s for s in sequences])
     attention = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in sequences])
     return ids, attention
@@ -88,7 +97,7 @@ def left_pad(sequences, pad_id):
 @torch.no_grad()
 def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
              remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None,
-             max_prompt_length=None, batch_size=None):
+             max_prompt_length=None, batch_size=None, pad_to=None):
     """Ask the model every (task, example) of `items` and score the answers with the task.
 
     prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
@@ -96,7 +105,9 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     to gen_length / 2 (two tokens per step, d1's setting). cache and threshold: the fast sampler
     (diffusion.generate; None, None = the reference). max_prompt_length: cut longer prompts from the
     left (d1's rollouts: 200). batch_size: rows per sampler call (None: all at once); the memory of
-    a call grows with rows x length x vocabulary. Returns Completions."""
+    a call grows with rows x length x vocabulary. pad_to: left-pad the prompts to at least this
+    length (left_pad). generator: one for all rows, or a list with one per item (diffusion.generate).
+    Returns Completions."""
     check_choice("prompt", prompt, ("eval", "rl"))
     device = next(model.parameters()).device
     prefixes = [task.eval_prefix if prompt == "eval" else "" for task, _ in items]
@@ -104,14 +115,15 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     encoded = [tok.chat(m) + tok.encode(p) for m, p in zip(messages, prefixes)]
     if max_prompt_length:
         encoded = [ids[-max_prompt_length:] for ids in encoded]
-    prompt_ids, attention = left_pad(encoded, tok.eos_id)  # (N, P)
+    prompt_ids, attention = left_pad(encoded, tok.eos_id, pad_to)  # (N, P)
     prompt_ids, attention = prompt_ids.to(device), attention.to(device)
     taken = []  # the sampler's step numbers, one per step: how many it took
     outputs = []
     for rows in row_slices(len(items), batch_size):
         outputs.append(generate(model, prompt_ids[rows], steps=steps or gen_length // 2, gen_length=gen_length,
                                 block_length=min(block_length, gen_length), temperature=temperature,
-                                remasking=remasking, attention_mask=attention[rows], generator=generator,
+                                remasking=remasking, attention_mask=attention[rows],
+                                generator=generator[rows] if isinstance(generator, list) else generator,
                                 on_step=lambda x, step: taken.append(step), cache=cache,
                                 threshold=threshold))  # (rows, P + C)
     completion_ids = torch.cat(outputs)[:, prompt_ids.size(1):]  # (N, C)
@@ -309,10 +321,17 @@ def eval_model(cfg):
     """d1's protocol on a test set (greedy, low-confidence remasking, block 32, steps = gen_length / 2,
     the eval prompts with "<reasoning>" prefilled, left-padded batches), one generation file per
     length in the layout of d1's published files. Each batch's answers are written at once (the whole
-    file, atomically), so an interrupted run continues where it stopped. Returns the files."""
+    file, atomically), so an interrupted run continues where it stopped. Returns the files.
+
+    Under torchrun, rounds of N batches, one per process (the module docstring):
+        batches    b0 b1 b2 b3 b4       5 batches of --batch_size items, 2 processes
+        round 0    rank 0: b0, rank 1: b1    -> rank 0 writes b0 b1
+        round 1    rank 0: b2, rank 1: b3    -> rank 0 writes b0 .. b3
+        round 2    rank 0: b4, rank 1: none  -> rank 0 writes b0 .. b4"""
     task = d1_task(cfg.task)
     items = task.load(cfg.data or DEFAULT_TEST_FILES[task.name])[:cfg.n]
-    device = pick_device(cfg.device)
+    device = setup(pick_device(cfg.device))  # under torchrun: this process's GPU, or gloo on CPUs
+    print_only_on_main()
     model, tok = load_any(cfg.model, device)
     model.eval()
     files = []
@@ -320,22 +339,31 @@ def eval_model(cfg):
         path = Path(cfg.out) if cfg.out else Path("out/eval") / f"{task.name}_{Path(cfg.model).stem}_{gen_length}_{gen_length // 2}_generations.json"
         meta = {"task": task.name, "model_path": str(cfg.model), "gen_length": gen_length, "diffusion_steps": gen_length // 2,
                 "block_length": min(32, gen_length), "cache": cfg.cache, "threshold": cfg.threshold}
-        records = earlier_records(path, meta, task, items)
+        records = earlier_records(path, meta, task, items)  # every process reads the same file
+        starts = range(len(records), len(items), cfg.batch_size)  # the batches still to do
         t0 = time.time()
-        for start in tqdm(range(len(records), len(items), cfg.batch_size), desc=f"{task.name} gen {gen_length}",
-                          initial=len(records) // cfg.batch_size, total=math.ceil(len(items) / cfg.batch_size)):
-            batch = items[start:start + cfg.batch_size]
-            with autocast(device, cfg.dtype):
-                done = complete(model, tok, [(task, item) for item in batch], gen_length, cache=cfg.cache,
-                                threshold=cfg.threshold)
-            # d1's files hold the answer after the prefilled "<reasoning>", and the bare question
-            records += [task.generation_record(item, text.removeprefix(task.eval_prefix))
-                        for item, text in zip(batch, done.texts)]
-            seconds = time.time() - t0
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, {"generations": records, **meta,
-                                     "metrics": {"wall_time": seconds, "total_processed": len(records)}})
-        print_scores(rescore([path], task.name))
+        bar = tqdm(total=math.ceil(len(items) / cfg.batch_size), initial=len(records) // cfg.batch_size,
+                   desc=f"{task.name} gen {gen_length}", disable=not is_main())
+        for first in range(0, len(starts), world()):  # a round: batches first .. first + N - 1
+            mine = starts[first:first + world()][rank():rank() + 1]  # this process's batch: one, or none
+            answers = []
+            for start in mine:
+                batch = items[start:start + cfg.batch_size]
+                with autocast(device, cfg.dtype):
+                    done = complete(model, tok, [(task, item) for item in batch], gen_length, cache=cfg.cache,
+                                    threshold=cfg.threshold)
+                # d1's files hold the answer after the prefilled "<reasoning>", and the bare question
+                answers += [task.generation_record(item, text.removeprefix(task.eval_prefix))
+                            for item, text in zip(batch, done.texts)]
+            records += [record for part in all_gather_objects(answers) for record in part]  # in rank order
+            bar.update(len(starts[first:first + world()]))
+            if is_main():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, {"generations": records, **meta,
+                                  "metrics": {"wall_time": time.time() - t0, "total_processed": len(records)}})
+        bar.close()
+        if is_main():
+            print_scores(rescore([path], task.name))
         files.append(path)
     return files
 
@@ -430,8 +458,18 @@ class EvalConfig:
 
 
 def main(argv=None):
+    try:
+        run(argv)
+    finally:
+        teardown()  # leave torchrun's process group (if --model joined one)
+
+
+def run(argv):
     with one_line_errors("eval.py"):
         cfg = cli(EvalConfig, sys.argv[1:] if argv is None else argv)
+        if launched() and not cfg.model:
+            raise ConfigError("--ckpt, --table and --rescore run in one process: start them with python, "
+                              "not torchrun (--model runs on several)")
         if cfg.rescore:
             print_scores(rescore(cfg.rescore, cfg.task or None))
         elif cfg.model:

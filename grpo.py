@@ -5,6 +5,7 @@ Stage 3, diffu-GRPO (d1 paper, Sec. 3.2 and Algorithm 1): policy-gradient RL for
     python train.py --stage grpo --init=checkpoints/tiny-base.pt --out_dir=out/grpo-from-base
     python train.py --stage grpo --remasking=low_confidence         # d1's rollouts (deviation 5)
     python train.py --stage grpo --cache=prefix --threshold=0.9     # faster rollouts (Fast-dLLM; not d1's)
+    torchrun --nproc_per_node=8 train.py --stage grpo ...            # 8 processes (GPUs), the same run
 
 GRPO needs log pi(o_k | q, o_<k) per token. An autoregressive model gives that in one forward
 pass; a diffusion model has no such factorisation. d1's answer, the one-step estimator: mask the
@@ -40,11 +41,28 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
      already sure of, so the tiny model's G completions often come out identical: a group with
      equal rewards has zero advantage and teaches nothing (README, "Honest notes", has the
      numbers). Evaluation still decodes greedily, most-confident first, as d1's does.
+  6. Every rollout row samples with its own noise generator, seeded by (seed, step, question, i),
+     and every prompt of a step is left-padded to the step's longest: a row's answer is then the
+     same whichever process samples it, in whatever batch (see "Several processes" below). d1's
+     code samples each process's batch with one generator.
 
 Optional and off by default (d1 samples without them): --cache and --threshold sample the rollouts
 with Fast-dLLM's approximate KV cache and parallel decoding (diffusion.generate). With random
 remasking a step commits one random masked token of the block, plus every one whose sampled token
 has a probability above the threshold. The log line then ends with the rollout's sampler steps.
+
+Several processes (torchrun, distributed.py): every process builds the whole step, the questions
+(a pure function of seed and step), the prompt length and the prompt masks; it takes its own
+contiguous share of the questions, whole groups of G (advantages need the whole group), and
+samples, scores and computes log-probs for those rows only:
+
+    questions of step s     q0 q1       | q2 q3             questions_per_step = 4, 2 processes
+    rollout rows (G = 3)    rank 0: q0 q0 q0 q1 q1 q1 | rank 1: q2 q2 q2 q3 q3 q3
+    row i of question q     noise seeded by (seed, s, q, i), prompt padded to the step's longest
+
+The loss divides by the whole step's token count, DistributedDataParallel sums the gradients, and
+the metrics pool every process's rows, so the numbers (and the weights) are those of one process
+running the same step, to float rounding. Rank 0 alone prints and writes.
 """
 
 import copy
@@ -62,6 +80,7 @@ from checkpoint import finish, load_tokenizer, model_config, restore, save_run
 from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, init_model,
                     make_optimizer, mix_seed, row_slices, set_lr, start_run)
 from diffusion import REMASKING, check_fast_sampler, check_sampler
+from distributed import all_gather_objects, all_sum, check_split, ddp, is_main, my_rows, sync_gradients, world
 from eval import complete
 from lora import adapters_off
 from plot import plot_rewards
@@ -143,6 +162,7 @@ class GRPOConfig(FinetuneConfig):
         check_fast_sampler(self.cache, self.threshold)
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
         check_range(self, 0, None, "rollout_batch", "max_prompt_length")
+        check_split(self.questions_per_step, "questions per step (--questions_per_step)")  # over torchrun's processes
         if self.task:
             check_choice("task", self.task, D1_TASK_NAMES)
         check_range(self, 0, None, "temperature", "beta")
@@ -162,9 +182,14 @@ def training_pools(cfg):
 
 
 def longest_prompt(cfg, tok, pools):
-    """The longest RL prompt in tokens, after the --max_prompt_length cut."""
-    longest = max(len(tok.chat(task.rl_prompt(ex))) for task, examples in pools
-                  for ex in tqdm(examples, desc="prompt lengths", leave=False, disable=None))
+    """The longest RL prompt of the training data in tokens, after the --max_prompt_length cut."""
+    return prompt_length(cfg, tok, ((task, ex) for task, examples in pools
+                                    for ex in tqdm(examples, desc="prompt lengths", leave=False, disable=None)))
+
+
+def prompt_length(cfg, tok, questions):
+    """The longest RL prompt of (task, example) pairs in tokens, after the --max_prompt_length cut."""
+    longest = max(len(tok.chat(task.rl_prompt(ex))) for task, ex in questions)
     return min(longest, cfg.max_prompt_length) if cfg.max_prompt_length else longest
 
 
@@ -189,6 +214,16 @@ def grpo_questions(step, cfg, pools):
         task, examples = pools[(step * cfg.questions_per_step + i) % len(pools)]
         picks.append((task, rng.choice(examples)))
     return picks
+
+
+def rollout_generators(seed, step, questions, G, device):
+    """Line 5's noise: one generator per rollout row, row i of question q seeded by (seed, step, q, i),
+    q the question's number in the step. Rows of questions [2, 3] with G = 3:
+        (seed, step, 2, 0) (seed, step, 2, 1) (seed, step, 2, 2) (seed, step, 3, 0) ...
+    A row's samples then depend on nothing else: not on the process that draws them, nor on the
+    other rows of its sampler call. (mod 2^64: torch seeds are 64-bit; mix_seed's can be longer.)"""
+    return [torch.Generator(device=device).manual_seed(mix_seed(seed, step, q, i) % 2**64)
+            for q in questions for i in range(G)]
 
 
 def group_advantages(rewards, group_size, scale_by_std=False):
@@ -218,7 +253,8 @@ def prompt_mask(seed, step, j, shape, p_mask_prompt, device):
     """The random prompt mask of inner update j: a pure function of (seed, step, j).
 
     The old-policy, reference and current log-probs of update j all use this same mask, so their
-    ratio compares like with like (deviation 1)."""
+    ratio compares like with like (deviation 1). On several processes each draws the whole step's
+    mask (all rows) and takes its own rows, so a row's mask does not depend on the split."""
     g = torch.Generator().manual_seed(mix_seed(seed, step, j))
     return (torch.rand(shape, generator=g) < p_mask_prompt).to(device)  # (N, P) bool
 
@@ -265,18 +301,28 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
     return loss, stats
 
 
-def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, loss_mask, cfg, device):
+def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, loss_mask, cfg, device,
+                  n_tokens=None, wrapped=None):
     """Line 9, one gradient step: the clipped loss over every row of the rollout, cfg.logp_chunk rows
     per forward/backward (their gradients add up), then clipping and the optimizer step.
-    old, ref: (N, C) log-probs under this update's prompt mask. Returns sums of loss, kl, clipped."""
+    old, ref: (N, C) log-probs under this update's prompt mask. Returns sums of loss, kl, clipped.
+
+    On several processes: n_tokens is the whole step's count of loss tokens (all processes; default:
+    this rollout's), and wrapped the model in DistributedDataParallel (distributed.ddp), whose
+    backward averages the gradients over the W processes; each loss is multiplied by W so that the
+    average is the sum, the gradient of the whole step's loss. The all-reduce runs once, with the
+    last chunk's backward (distributed.sync_gradients)."""
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    n_tokens = loss_mask.sum().clamp(min=1)
-    for rows in row_slices(ro.completion_ids.size(0), cfg.logp_chunk):
-        with autocast(device, cfg.dtype):
-            logp = sequence_logps(model, ro, is_prompt_masked, model.config.mask_token_id, rows)  # (n, C)
-        loss, stats = grpo_loss(logp, old[rows], ref[rows], advantages[rows], loss_mask[rows], cfg.epsilon, cfg.beta,
-                                n_tokens)
-        loss.backward()
+    n_tokens = loss_mask.sum().clamp(min=1) if n_tokens is None else n_tokens
+    wrapped = model if wrapped is None else wrapped
+    chunks = row_slices(ro.completion_ids.size(0), cfg.logp_chunk)
+    for c, rows in enumerate(chunks):
+        with sync_gradients(wrapped, now=c == len(chunks) - 1):
+            with autocast(device, cfg.dtype):
+                logp = sequence_logps(wrapped, ro, is_prompt_masked, model.config.mask_token_id, rows)  # (n, C)
+            loss, stats = grpo_loss(logp, old[rows], ref[rows], advantages[rows], loss_mask[rows], cfg.epsilon,
+                                    cfg.beta, n_tokens)
+            (loss * world()).backward()  # DDP averages the W processes' gradients: W x the average = the sum
         sums["loss"] += loss.item()
         sums["kl"] += stats["kl"]
         sums["clipped"] += stats["clipped"]
@@ -291,7 +337,7 @@ def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, 
 
 
 def train_grpo(cfg: GRPOConfig):
-    device = start_run(cfg, "grpo")
+    device = start_run(cfg, "grpo")  # under torchrun: joins the process group (distributed.setup)
     tok = load_tokenizer(cfg.init)  # the tiny tokenizer, or a LLaDA folder's tokenizer.json
     pools = training_pools(cfg)
     longest = longest_prompt(cfg, tok, pools)
@@ -301,37 +347,46 @@ def train_grpo(cfg: GRPOConfig):
     # off; otherwise a frozen copy. (adapters_off does nothing to a model without adapters.)
     reference = model if cfg.lora_r > 0 else copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = make_optimizer(model, cfg)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the sampler's noise
-    start = restore(cfg, "grpo", model, optimizer, noise_gen) if cfg.resume else 0
+    rng = torch.Generator(device=device)  # checkpoints keep a sampler generator's state; GRPO's rows seed their own
+    start = restore(cfg, "grpo", model, optimizer, rng) if cfg.resume else 0
+    wrapped = ddp(model)  # the update's forward; rollouts and no-grad log-probs run the model itself
     metrics = MetricsLog(cfg.out_dir, cfg.resume)
     mask_id, G, mu, chunk = model.config.mask_token_id, cfg.group_size, cfg.mu, cfg.logp_chunk
+    mine = my_rows(cfg.questions_per_step, "questions per step (--questions_per_step)")  # this process's
+    my_rollouts = slice(mine.start * G, mine.stop * G)  # ... and their rows: whole groups
 
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", dynamic_ncols=True,
+               disable=not is_main())
     for step in bar:
         lr = set_lr(optimizer, step, cfg)
         seconds = {}
 
-        # Lines 3-5: a batch of questions, and G completions of each from the current policy.
+        # Lines 3-5: a batch of questions, and G completions of each from the current policy. Every
+        # process knows the whole step's questions; it samples its own, padded to the step's longest.
         tick = time.time()
         model.eval()
         questions = grpo_questions(step, cfg, pools)
+        P = prompt_length(cfg, tok, questions)
         with autocast(device, cfg.dtype):
-            ro = complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
+            ro = complete(model, tok, [q for q in questions[mine] for _ in range(G)], gen_length=cfg.gen_length,
                           block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                          remasking=cfg.remasking, generator=noise_gen, prompt="rl", cache=cfg.cache,
-                          threshold=cfg.threshold, max_prompt_length=cfg.max_prompt_length or None,
-                          batch_size=cfg.rollout_batch or None)  # N = questions x G rows
+                          remasking=cfg.remasking, prompt="rl", cache=cfg.cache, threshold=cfg.threshold,
+                          generator=rollout_generators(cfg.seed, step, range(mine.start, mine.stop), G, device),
+                          max_prompt_length=cfg.max_prompt_length or None, pad_to=P,
+                          batch_size=cfg.rollout_batch or None)  # N = my questions x G rows
 
         # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
         advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
         loss_mask = completion_mask(ro.completion_ids, tok.eos_id)  # (N, C)
+        n_tokens = all_sum(loss_mask.sum()).clamp(min=1)  # the loss's divisor: the whole step's tokens
         seconds["rollout"] = time.time() - tick
 
         # Line 8, for every j at once: the old and reference log-probs don't change during the mu
         # updates, so they are computed once, under each of the mu prompt masks.
         tick = time.time()
-        masks = [prompt_mask(cfg.seed, step, j, ro.prompt_ids.shape, cfg.p_mask_prompt, device) for j in range(mu)]
+        whole = (cfg.questions_per_step * G, P)  # every process draws the step's whole mask, takes its rows
+        masks = [prompt_mask(cfg.seed, step, j, whole, cfg.p_mask_prompt, device)[my_rollouts] for j in range(mu)]
         with autocast(device, cfg.dtype):
             old = [chunked_logps(model, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
             with adapters_off(reference):
@@ -343,37 +398,54 @@ def train_grpo(cfg: GRPOConfig):
         model.train()
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for j in range(mu):
-            step_sums = policy_update(model, optimizer, ro, masks[j], old[j], ref[j], advantages, loss_mask, cfg, device)
+            step_sums = policy_update(model, optimizer, ro, masks[j], old[j], ref[j], advantages, loss_mask, cfg,
+                                      device, n_tokens, wrapped)
             sums = {k: sums[k] + step_sums[k] for k in sums}
         seconds["update"] = time.time() - tick
 
-        # Log, show the best and worst completion now and then, checkpoint.
+        # Log (every process's rows pooled), show the best and worst completion now and then, checkpoint.
         done = step + 1
-        row = grpo_metrics(ro, G, mu, loss_mask, sums, seconds)
-        metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)
+        row = grpo_metrics(pool_processes(ro, loss_mask, sums), G, mu, seconds)
+        metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)  # rank 0 writes
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
-            tqdm.write(grpo_log_line(done, row, fast=bool(cfg.cache or cfg.threshold)))
-        if cfg.sample_every and done % cfg.sample_every == 0:
-            print_best_and_worst(ro, G)
+            tqdm.write(grpo_log_line(done, row, fast=bool(cfg.cache or cfg.threshold)))  # rank 0 prints
+        if cfg.sample_every and done % cfg.sample_every == 0 and is_main():
+            print_best_and_worst(ro, G)  # the step's first question, rank 0's
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_run(cfg, "grpo", model, optimizer, done, noise_gen)
-    plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
-    finish(cfg, "grpo", model, optimizer, noise_gen, time.time() - t0, tok)
+            save_run(cfg, "grpo", model, optimizer, done, rng)  # rank 0 writes, the others wait
+    if is_main():
+        plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
+    finish(cfg, "grpo", model, optimizer, rng, time.time() - t0, tok)
     return model
 
 
-def grpo_metrics(ro, G, mu, loss_mask, sums, seconds):
-    """The health metrics of one GRPO step (d1 logs the same ones)."""
-    n_tokens = loss_mask.sum().clamp(min=1).item()
-    group_std = ro.reward.view(-1, G).std(dim=1)  # (questions,)
-    row = {"reward": ro.reward.mean().item(), "reward_std": ro.reward.std().item(),
-           "accuracy": ro.correct.mean().item(), "zero_std_share": (group_std < 1e-6).float().mean().item(),
-           "kl": sums["kl"] / (n_tokens * mu), "clip_ratio": sums["clipped"] / (n_tokens * mu),
-           "loss": sums["loss"] / mu, "completion_length": loss_mask.sum(1).float().mean().item(),
-           "rollout_steps": ro.steps,
+def pool_processes(ro, loss_mask, sums):
+    """What the metrics need from every process, pooled in question order: the whole step's rows
+    as one process would hold them. (One process: this rollout's, as they are.)"""
+    parts = all_gather_objects({"reward": ro.reward, "correct": ro.correct, "rewards": ro.rewards,
+                                "length": loss_mask.sum(1).cpu(), "steps": ro.steps, **sums})
+    names = list(dict.fromkeys(name for part in parts for name in part["rewards"]))  # tasks name their own
+    return {"reward": torch.cat([part["reward"] for part in parts]),  # (N,) all rows
+            "correct": torch.cat([part["correct"] for part in parts]),  # (N,)
+            "length": torch.cat([part["length"] for part in parts]),  # (N,) tokens in the loss per row
+            "rewards": {name: torch.cat([part["rewards"].get(name, torch.zeros(len(part["reward"])))
+                                         for part in parts]) for name in names},  # name -> (N,)
+            "steps": max(part["steps"] for part in parts),  # the sampler's passes on the busiest process
+            **{k: sum(part[k] for part in parts) for k in sums}}
+
+
+def grpo_metrics(pooled, G, mu, seconds):
+    """The health metrics of one GRPO step (d1 logs the same ones), from pool_processes()."""
+    n_tokens = pooled["length"].sum().clamp(min=1).item()
+    group_std = pooled["reward"].view(-1, G).std(dim=1)  # (questions,)
+    row = {"reward": pooled["reward"].mean().item(), "reward_std": pooled["reward"].std().item(),
+           "accuracy": pooled["correct"].mean().item(), "zero_std_share": (group_std < 1e-6).float().mean().item(),
+           "kl": pooled["kl"] / (n_tokens * mu), "clip_ratio": pooled["clipped"] / (n_tokens * mu),
+           "loss": pooled["loss"] / mu, "completion_length": pooled["length"].float().mean().item(),
+           "rollout_steps": pooled["steps"],
            **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
-    for name, values in ro.rewards.items():
+    for name, values in pooled["rewards"].items():
         row[f"reward/{name}"] = values.mean().item()
         row[f"reward/{name}_std"] = values.std().item()
     return row
@@ -390,7 +462,7 @@ def grpo_log_line(step, row, fast=False):
 
 
 def print_best_and_worst(ro, G):
-    """The best and worst completion of the first question of the step."""
+    """The best and worst completion of the first question of the rollout."""
     r = ro.reward[:G]
     best, worst = r.argmax().item(), r.argmin().item()
     tqdm.write(f"  best  ({r[best]:.2f}): {ro.texts[best]!r}\n  worst ({r[worst]:.2f}): {ro.texts[worst]!r}")

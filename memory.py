@@ -273,13 +273,14 @@ def _knobs(stage, cfg, config, prompt_length):
     k = dict(stage=stage, lora_r=lora_r, checkpointing=bool(get("checkpointing", False)),
              targets=tuple(get("lora_targets", "q_proj,k_proj,v_proj,up_proj").split(",")) if lora_r else (),
              dropout=get("lora_dropout", 0.0) if lora_r else 0.0, dtype=get("dtype", "bfloat16"))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process plans its share
     if stage == "sft":
-        batch = get("batch_size", 1)
+        batch = max(1, get("batch_size", 1) // processes)
         k.update(batch_size=batch, micro_batch=min(get("micro_batch", 0) or batch, batch), seq_len=get("seq_len", 4096))
     else:
         C = get("gen_length", 256)
         P = prompt_length or get("max_prompt_length", 0) or min(DEFAULT_PROMPT_LENGTH, config.max_sequence_length - C)
-        N = get("questions_per_step", 1) * get("group_size", 6)
+        N = max(1, get("questions_per_step", 1) // processes) * get("group_size", 6)
         k.update(N=N, P=P, C=C, mu=get("mu", 1), rollout_batch=min(get("rollout_batch", 0) or N, N),
                  logp_chunk=min(get("logp_chunk", N), N), temperature=get("temperature", 0.9),
                  remasking=get("remasking", "low_confidence"), cache=get("cache", None),

@@ -4,6 +4,7 @@ Stage 1, pretraining: a tiny LLaDA-style model learns the tiny tasks' text from 
     python train.py --stage pretrain                          # 3,000 steps (README: time on a 2-core CPU)
     python train.py --stage pretrain --steps=200 --out_dir=out/quick      # a quick look
     python train.py --stage pretrain --resume                 # continue out_dir/ckpt.pt exactly
+    torchrun --nproc_per_node=8 train.py --stage pretrain     # 8 GPUs, the same run (distributed.py)
 
 The loss is LLaDA's masked-diffusion loss (diffusion.diffusion_loss; LLaDA paper, Sec. 2.1): mask
 each token with a per-row probability p and score the masked ones with weight 1/p. The corpus
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import distributed
 from checkpoint import finish, restore, save_run
 from common import (MetricsLog, RunConfig, autocast, check_choice, check_range, make_optimizer, mix_seed, row_slices,
                     set_lr, start_run)
@@ -46,6 +48,7 @@ class PretrainConfig(RunConfig):
         check_choice("model", self.model, tuple(Config.PRESETS))
         check_range(self, 1, None, "batch_size")
         check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
+        distributed.check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
 
 
 def pack_rows(texts, tok, seq_len):
@@ -102,7 +105,18 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
     """The training loop of pretraining and SFT: they differ only in their batches.
 
     batch_at(step) -> (x0 (B, T) clean rows, prompt lengths (B,)); the prompt of a row is never
-    masked (pretraining's plain rows have prompt length 0, so every token can be)."""
+    masked (pretraining's plain rows have prompt length 0, so every token can be).
+
+    On N processes (torchrun) every process builds the same whole batch and draws the same noise;
+    each computes the loss of its own B/N rows (in micro-batches if asked), and DDP adds up the
+    gradients. So the losses, gradients and weights are those of one process running the whole
+    batch, up to float rounding, for any N. (Not quite with --lora_dropout > 0: each process draws
+    its rows' dropout masks from its own copy of the seeded RNG, so the masks, though not their
+    statistics, depend on N.)
+
+        B = 8 rows, N = 2 processes, --micro_batch=2:
+            rows      0 1 | 2 3 || 4 5 | 6 7
+            process   rank 0    || rank 1        each: 2 forward/backward passes, then 1 all-reduce"""
     optimizer = make_optimizer(model, cfg)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the masking noise
     start = restore(cfg, stage, model, optimizer, noise_gen) if cfg.resume else 0
@@ -110,20 +124,31 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
     mask_id = model.config.mask_token_id
     samples = sample_items()  # a few test questions to decode now and then
     model.train()
+    trainer = distributed.ddp(model)  # the model itself on one process; what training calls forward on
 
     t0, tokens_seen = time.time(), 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True,
+               disable=not distributed.is_main())
     for step in bar:
         # one optimizer step: a fresh batch, a fresh masking of it, the loss, the update
         lr = set_lr(optimizer, step, cfg)
         x0, prompt_lengths = (t.to(device) for t in batch_at(step))  # (B, T), (B,)
-        loss = 0.0
-        for rows in row_slices(x0.size(0), cfg.micro_batch):  # gradients add up over micro-batches
-            with autocast(device, cfg.dtype):
-                part = diffusion_loss(model, x0[rows], prompt_lengths[rows], mask_id, generator=noise_gen)
-            part = part * (rows.stop - rows.start) / x0.size(0)  # a row's weight is 1/B, as in one pass
-            part.backward()
+        mine = distributed.my_rows(x0.size(0), "rows per step (--batch_size)")  # all rows on one process
+        micro_batches = row_slices(mine.stop - mine.start, cfg.micro_batch, start=mine.start)
+        loss, noise_state = torch.zeros((), device=device), noise_gen.get_state()
+        for i, rows in enumerate(micro_batches):  # gradients add up over micro-batches
+            # Each micro-batch draws the whole batch's noise again from the step's generator state,
+            # so together they give the loss of one pass over the batch, row for row.
+            noise_gen.set_state(noise_state)
+            with distributed.sync_gradients(trainer, now=i == len(micro_batches) - 1):  # all-reduce once
+                with autocast(device, cfg.dtype):
+                    part = diffusion_loss(trainer, x0, prompt_lengths, mask_id, generator=noise_gen, rows=rows)
+                # part = this micro-batch's rows' sum / B. DDP averages the gradients over the N
+                # processes; times N makes that their sum: the gradient of the whole batch's loss.
+                (part * distributed.world()).backward()
             loss += part.detach()
+        distributed.all_sum(loss)  # the whole batch's loss: every process's rows
+        # the gradients are the same on every process now, so is their norm and the clipped update
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -139,9 +164,10 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
             metrics.write(stage=stage, step=done, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr,
                           tokens_per_s=round(tokens_seen / seconds), seconds=round(seconds, 2))
         if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            # every process decodes (the others would wait for rank 0 anyway); rank 0 prints
             print_samples(model, tok, samples, device, cfg.dtype)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_run(cfg, stage, model, optimizer, done, noise_gen)
+            save_run(cfg, stage, model, optimizer, done, noise_gen)  # rank 0 writes the plain model
     finish(cfg, stage, model, optimizer, noise_gen, time.time() - t0, tok)
     return model
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from checkpoint import load_tokenizer
 from common import ConfigError, FinetuneConfig, check_choice, check_range, init_model, mix_seed, start_run
 from data_d1 import s1k_examples
+from distributed import check_split, is_main
 from pretrain import denoising_loop
 from tasks_tiny import get_tiny_tasks
 from tokenizer import EOT
@@ -78,6 +79,7 @@ class SFTConfig(FinetuneConfig):
         check_range(self, 1, None, "batch_size", "n_per_task")
         check_range(self, 2, None, "seq_len")
         check_range(self, 0, None, "holdout")
+        check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
         check_choice("long_rows", self.long_rows, ("error", "cut", "drop"))
 
 
@@ -115,7 +117,8 @@ def encode_example(tok, question, response, seq_len, long_rows="error"):
 def encode_dataset(tok, examples, seq_len, long_rows="error"):
     """All examples as tensors: ids (N, T) and prompt lengths (N,). Says how many rows were cut or
     dropped (long_rows)."""
-    rows = [encode_example(tok, q, r, seq_len, long_rows) for q, r in tqdm(examples, desc="tokenize", leave=False, disable=None)]
+    bar = tqdm(examples, desc="tokenize", leave=False, disable=None if is_main() else True)  # None: if a terminal
+    rows = [encode_example(tok, q, r, seq_len, long_rows) for q, r in bar]
     kept = [row for row in rows if row is not None]
     cut = sum(tok.eot_id not in ids for ids, _ in kept)  # a cut row lost its end of turn
     if len(kept) < len(rows) or cut:

@@ -10,6 +10,8 @@ Train the tiny LLaDA-style model, one stage at a time: pretrain -> sft -> grpo.
     python train.py --stage grpo --help                   # every key, its default and meaning
     python train.py --stage sft --device=cuda --dtype=float32            # on a GPU
     python train.py --stage grpo --preset=d1 --task=gsm8k --plan=llada-8b   # memory plan only (memory.py)
+    torchrun --nproc_per_node=8 train.py --stage sft      # 8 GPUs (or 8 CPU processes): the same run
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 train.py --stage sft  # R = 0, 1
 
 The README gives each stage's time on a 2-core CPU. Each stage is a config dataclass and one
 visible training loop in its own file; this file only picks the stage. Every key of the stage's
@@ -20,10 +22,15 @@ printed at start and saved in every checkpoint. Outputs, in out_dir:
     metrics.jsonl    one JSON object per logged step (an older log is kept as metrics.jsonl.1, ...)
 A run that fails or is interrupted ends with one line naming what it kept in out_dir
 (NANO_D1_DEBUG=1 shows the traceback instead).
+
+Under torchrun (PyTorch's launcher; distributed.py) the global batch stays --batch_size rows,
+split over the processes, so a run's numbers do not depend on how many ran it; rank 0 alone
+prints and writes, and a run resumes on any number of processes.
 """
 
 import sys
 
+import distributed
 from common import ConfigError, cli, one_line_errors, report_what_was_kept
 from grpo import GRPOConfig, train_grpo
 from memory import fit_table, plan_for
@@ -34,6 +41,13 @@ STAGES = {"pretrain": (PretrainConfig, train_pretrain), "sft": (SFTConfig, train
 
 
 def main(argv):
+    try:
+        return run_stage(argv)
+    finally:
+        distributed.teardown()  # leave torchrun's process group (if any), after an error too
+
+
+def run_stage(argv):
     with one_line_errors("train.py"):
         if argv[:1] == ["--stage"] and len(argv) > 1:
             stage, rest = argv[1], argv[2:]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusion import forward_process, masked_token_ce  # the project's (or copy in your exercise 04)
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
     """LLaDA's pretraining loss (LLaDA paper, Sec. 2.1), here with every prompt length 0:
 
         L = 1 / (B T) * sum over rows b and positions i of  is_masked[b, i] * CE(model(xt)[b, i], x0[b, i]) / p_b
@@ -35,5 +35,7 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
              L = (1.0 / 0.5 + 3.0 / 0.5) / 4 = 2.0
     Hint: F.cross_entropy(logits[is_masked].float(), x0[is_masked], reduction="none") gives one CE
     per masked token; masked_token_ce(logits, x0, is_masked) gives the (B, T) version.
+
+    rows (leave it None here; exercise 06 uses it): the training loop's micro-batches.
     """
     raise NotImplementedError("exercise 05: write diffusion_loss (prompt lengths 0)")

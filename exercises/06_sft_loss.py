@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusion import forward_process, masked_token_ce  # the project's (or copy in your exercise 04)
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
     """The masked-diffusion loss with a prompt (d1 paper, Zhao et al. 2025, Sec. 3.1; LLaDA paper,
     Sec. 2.3). Exercise 05's pretraining loss is the case where every prompt length is 0.
 
@@ -35,5 +35,11 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None):
     the prompt back into xt and drop the prompt's positions from is_masked.
     Hint: is_prompt = torch.arange(T, device=x0.device)[None, :] < prompt_lengths[:, None]   (B, T);
           answer lengths (T - prompt_lengths).clamp(min=1).float()
+
+    rows: None, or a slice of the batch (the training loop's micro-batches, or one process's share
+    under torchrun). Draw the noise for the WHOLE batch as always, then keep only `rows` of x0, xt,
+    is_masked, is_prompt, p and prompt_lengths before the model runs, and return the sum of those
+    rows' values divided by the whole batch's B (rows=None: all rows, i.e. the mean over rows), so
+    the parts of a batch add up to its loss.
     """
     raise NotImplementedError("exercise 06: write diffusion_loss (with prompts)")

@@ -79,6 +79,11 @@ def check_sft_loss(s):
     is_prompt = torch.arange(16)[None, :] < P[:, None]
     require(torch.equal(seen[0][is_prompt], x0[is_prompt]), "the model saw [MASK] inside a prompt: the prompt is "
             "the condition and must stay clean", call, hint="xt = torch.where(is_prompt, x0, xt)")
+    # rows=: a micro-batch's share. The parts of a batch add up to the whole batch's loss.
+    call = Call(ref.diffusion_loss, model, x0, P, MASK, generator=Seeded(11), rows=slice(1, 3))
+    expect(call, call.run(ref.diffusion_loss), call.run(s.diffusion_loss),
+           hint="draw the whole batch's noise first, then keep x0[rows], xt[rows], ... and divide the rows' "
+                "sum by the whole batch's B")
 
 
 def _rows(prompt_lengths, seed, T=16):

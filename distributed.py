@@ -1,0 +1,133 @@
+"""
+Several processes, one run: the few calls of torch.distributed the training stages and eval.py make
+when torchrun starts them (PyTorch's own launcher; README, "Several GPUs and machines").
+
+    torchrun --nproc_per_node=8 train.py --stage grpo ...      # 8 processes, one per GPU (NCCL)
+    torchrun --nproc_per_node=2 train.py --stage pretrain ...  # 2 processes on a CPU (gloo)
+    python train.py --stage grpo ...                            # one process: every call below is a no-op
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process's environment; setup() joins the
+process group (NCCL on GPUs, gloo on CPUs) and gives each process its device (cuda:LOCAL_RANK).
+The rule the stages follow: every process builds the whole step (the global batch, the questions,
+the noise) from (seed, step), works on its own share of the rows, and the gradients and metrics are
+summed across processes, so a run's numbers do not depend on how many processes ran it. Rank 0
+alone prints, writes the metrics log and writes checkpoints.
+"""
+import contextlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+def world() -> int:
+    """How many processes run this job (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's number, 0 .. world() - 1 (0 without torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that prints and writes files (rank 0). Before setup() it reads torchrun's
+    RANK, so a config error met by every process is reported once."""
+    if not dist.is_initialized():
+        return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True when torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group (once) and return this process's device: cuda:LOCAL_RANK on a
+    GPU machine, else the device asked for. Without torchrun, the device unchanged."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def print_only_on_main():
+    """Every process but rank 0 prints nothing: its standard output goes to os.devnull (its errors
+    still reach standard error), so a run's log reads the same on 1 or 8 processes."""
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")
+
+
+def teardown():
+    """Leave the process group (at the end of a run; harmless without one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def my_rows(n_rows: int, what: str = "rows") -> slice:
+    """This process's contiguous share of n_rows: rank r of N takes rows r*n/N .. (r+1)*n/N. The rows
+    must split evenly (every process then runs the same number of forward and backward passes)."""
+    n, r = world(), rank()
+    check_split(n_rows, what, n)
+    share = n_rows // n
+    return slice(r * share, (r + 1) * share)
+
+
+def check_split(n_rows: int, what: str = "rows", n: int | None = None):
+    """Refuse (ValueError) n_rows that do not split evenly over n processes; n defaults to torchrun's
+    WORLD_SIZE, known before setup(), so a config is checked before anything is loaded or written."""
+    n = n or int(os.environ.get("WORLD_SIZE", "1"))
+    if n_rows % n:
+        raise ValueError(f"{n_rows} {what} do not split evenly over {n} processes; use a multiple of {n}")
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `tensor` over all processes (in place; returned for convenience)."""
+    if world() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj) -> list:
+    """[the obj of rank 0, of rank 1, ...]: picklable Python objects from every process."""
+    if world() == 1:
+        return [obj]
+    gathered = [None] * world()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier():
+    """Wait until every process gets here (e.g. rank 0 has written a checkpoint)."""
+    if world() > 1:
+        dist.barrier()
+
+
+def ddp(model):
+    """The model wrapped in DistributedDataParallel when several processes run (else the model):
+    its backward averages the trainable parameters' gradients over the processes. Wrap after LoRA
+    is added (only parameters that require grad are synchronised); forward through the wrapper in
+    training, and through the model itself where no gradient is taken (rollouts, log-probs)."""
+    if world() == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[model_device(model).index] if model_device(model).type == "cuda"
+                                   else None)
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def sync_gradients(wrapped, now: bool):
+    """Gradient accumulation under DDP: skip the all-reduce (no_sync) on every micro-batch of a step
+    but the last (now=True). A plain model: nothing to do."""
+    if now or not isinstance(wrapped, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return wrapped.no_sync()
