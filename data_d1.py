@@ -15,7 +15,7 @@ import csv
 import json
 from pathlib import Path
 
-# d1's data as its publishers distribute it (fullscale.md lists the sets): JSON lines (also what
+# d1's data as its publishers distribute it (README, "d1 at full scale", lists the sets): JSON lines (also what
 # Hugging Face `datasets` writes with .to_json()), CSV (Sudoku), Parquet (what the hub serves).
 
 class DataError(ValueError):

@@ -87,7 +87,7 @@ GIB = 2**30
 ALLOWANCE_SHARE = 0.10  # of the peak: allocator fragmentation (block rounding, caching)
 ALLOWANCE_FIXED = 1 * GB  # the CUDA context and cuBLAS workspace (~0.5-1 GB on an H100)
 STAGES = ("sft", "grpo")
-DEFAULT_PROMPT_LENGTH = 200  # GRPO without --max_prompt_length: d1's prompt cut (fullscale.md)
+DEFAULT_PROMPT_LENGTH = 200  # GRPO without --max_prompt_length: d1's prompt cut (grpo.d1_grpo_preset)
 
 
 class MemoryPlanError(ValueError):

@@ -62,8 +62,8 @@ def test_weight_and_lora_counts_equal_a_real_models(tiny_model, dtype):
 
 def test_llada_8b_weights_and_d1_lora_by_hand():
     plan = memory_plan(LLADA, "grpo", grpo_cfg(), weights_dtype=torch.bfloat16)
-    assert plan.weights == 8_015_581_184 * 2 and f"{plan.weights / GB:.2f}" == "16.03"  # llada.md: 8,015,581,184
-    # d1's RL LoRA, r = 128 on q, k, v, up of 32 blocks (fullscale.md: "about 168M"):
+    assert plan.weights == 8_015_581_184 * 2 and f"{plan.weights / GB:.2f}" == "16.03"  # LLaDA-8B-Instruct's release: 8,015,581,184
+    # d1's RL LoRA, r = 128 on q, k, v, up of 32 blocks (d1 paper: LoRA r 128 on these layers; about 168M):
     #   q, k, v: 3 x 128 x (4096 + 4096) = 3,145,728 per block;  up: 128 x (4096 + 12288) = 2,097,152
     #   (3,145,728 + 2,097,152) x 32 = 167,772,160 parameters; x 16 bytes (fp32 adapter, grad, 2 states) = 2.68 GB
     assert memory.param_counts(LLADA, 128, RL_TARGETS.split(","))[1] == 167_772_160
