@@ -306,7 +306,7 @@ class RunConfig:
 class FinetuneConfig(RunConfig):
     """What SFT and GRPO share: a starting checkpoint, the tiny tasks, optional LoRA."""
 
-    init: str = "checkpoints/tiny-base.pt"  # the model to start from: a project .pt file or a LLaDA folder (Hugging Face format)
+    init: str = "checkpoints/tiny-base.pt"  # the starting model: a project .pt file or a LLaDA folder (HF format)
     data: str = ""  # d1's data, a local file (README, "d1 at full scale"); empty = the tiny tasks
     tasks: str = "all"  # tiny tasks, comma-separated (countdown,sudoku,arith) or all
     preset: str = ""  # d1 = d1's hyperparameters for LLaDA-8B (start-up prints each key it set)

@@ -336,9 +336,11 @@ def eval_model(cfg):
     model.eval()
     files = []
     for gen_length in cfg.gen_length:
-        path = Path(cfg.out) if cfg.out else Path("out/eval") / f"{task.name}_{Path(cfg.model).stem}_{gen_length}_{gen_length // 2}_generations.json"
-        meta = {"task": task.name, "model_path": str(cfg.model), "gen_length": gen_length, "diffusion_steps": gen_length // 2,
-                "block_length": min(32, gen_length), "cache": cfg.cache, "threshold": cfg.threshold}
+        name = f"{task.name}_{Path(cfg.model).stem}_{gen_length}_{gen_length // 2}_generations.json"
+        path = Path(cfg.out) if cfg.out else Path("out/eval") / name
+        meta = {"task": task.name, "model_path": str(cfg.model), "gen_length": gen_length,
+                "diffusion_steps": gen_length // 2, "block_length": min(32, gen_length), "cache": cfg.cache,
+                "threshold": cfg.threshold}
         records = earlier_records(path, meta, task, items)  # every process reads the same file
         starts = range(len(records), len(items), cfg.batch_size)  # the batches still to do
         t0 = time.time()
