@@ -79,20 +79,19 @@ def check_checkpoint_path(path):
 
 def check_model_path(path, key="model"):
     """A model to start from or evaluate: a project .pt file, or a Hugging Face-format LLaDA folder
-    with config.json, its weights and tokenizer.json. Returns "pt" or "folder"; else a CheckpointError
-    naming what is missing (before anything is loaded)."""
+    with config.json, its weights and tokenizer.json; else a CheckpointError naming what is missing
+    (before anything is loaded)."""
     path = Path(path)
+    if path.is_file():
+        return  # a .pt file: load_checkpoint says if it is not one
     if not path.is_dir():
-        if not path.is_file():
-            raise CheckpointError(f"--{key}={path}: no such file or folder (expected a project .pt file or "
-                                  "a LLaDA folder in Hugging Face format)")
-        return "pt"
+        raise CheckpointError(f"--{key}={path}: no such file or folder (expected a project .pt file or "
+                              "a LLaDA folder in Hugging Face format)")
     for name, what in (("config.json", "the model config"), ("tokenizer.json", "the tokenizer")):
         if not (path / name).is_file():
             raise CheckpointError(f"--{key}={path}: the folder has no {name} ({what}); a LLaDA folder in "
                                   "Hugging Face format holds config.json, tokenizer.json and *.safetensors")
     _shard_list(path)  # refuses a folder without weights
-    return "folder"
 
 
 def load_checkpoint(path, map_location="cpu", adapters_only=False):
@@ -456,7 +455,7 @@ def restore(cfg, stage, model, optimizer, noise_gen):
     return ckpt["step"]
 
 
-def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok=None):
+def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok):
     """The end of a run: --export writes the weights without optimizer state, as a .pt file or as a
     Hugging Face-format folder (config.json, safetensors, tokenizer.json) that --init, eval.py
     --model and sample.py --model open. LoRA adapters are merged in (in place: the run is over)."""
@@ -468,7 +467,7 @@ def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok=None):
     else:
         if distributed.is_main():  # under torchrun: rank 0 writes, the others wait
             save_pretrained(merge_lora(model), cfg.export)
-            (tok or load_tokenizer(cfg.init)).save_pretrained(cfg.export)
+            tok.save_pretrained(cfg.export)
         distributed.barrier()
     print(f"exported the weights (no optimizer state) to {cfg.export}")
 

@@ -40,9 +40,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_world() -> int:
+    """How many processes torchrun started (its WORLD_SIZE; 1 without torchrun). Known before
+    setup(), so configs and the memory plan can use it before anything is loaded."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True when torchrun started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_world() > 1
 
 
 def setup(device: torch.device) -> torch.device:
@@ -83,7 +89,7 @@ def my_rows(n_rows: int, what: str = "rows") -> slice:
 def check_split(n_rows: int, what: str = "rows", n: int | None = None):
     """Refuse (ValueError) n_rows that do not split evenly over n processes; n defaults to torchrun's
     WORLD_SIZE, known before setup(), so a config is checked before anything is loaded or written."""
-    n = n or int(os.environ.get("WORLD_SIZE", "1"))
+    n = n or launched_world()
     if n_rows % n:
         raise ValueError(f"{n_rows} {what} do not split evenly over {n} processes; use a multiple of {n}")
 

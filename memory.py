@@ -79,11 +79,11 @@ from pathlib import Path
 import torch
 
 from checkpoint import model_config
+from distributed import launched_world
 from lora import LLADA_LINEARS, add_lora
 from model import Config, Model
 
-GB = 1e9  # memory.py counts in GB = 10^9 bytes; a card sold as "80 GB" holds 80 GiB = 85.9 GB
-GIB = 2**30
+GB, GIB = 1e9, 2**30  # memory.py counts in GB = 10^9 bytes; a card sold as "80 GB" holds 80 GiB = 85.9 GB
 ALLOWANCE_SHARE = 0.10  # of the peak: allocator fragmentation (block rounding, caching)
 ALLOWANCE_FIXED = 1 * GB  # the CUDA context and cuBLAS workspace (~0.5-1 GB on an H100)
 STAGES = ("sft", "grpo")
@@ -273,7 +273,7 @@ def _knobs(stage, cfg, config, prompt_length):
     k = dict(stage=stage, lora_r=lora_r, checkpointing=bool(get("checkpointing", False)),
              targets=tuple(get("lora_targets", "q_proj,k_proj,v_proj,up_proj").split(",")) if lora_r else (),
              dropout=get("lora_dropout", 0.0) if lora_r else 0.0, dtype=get("dtype", "bfloat16"))
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process plans its share
+    processes = launched_world()  # under torchrun each process plans its share
     if stage == "sft":
         batch = max(1, get("batch_size", 1) // processes)
         k.update(batch_size=batch, micro_batch=min(get("micro_batch", 0) or batch, batch), seq_len=get("seq_len", 4096))
