@@ -94,14 +94,15 @@ def check_model_path(path, key="model"):
     _shard_list(path)  # refuses a folder without weights
 
 
-def load_checkpoint(path, map_location="cpu", adapters_only=False):
+def load_checkpoint(path, map_location="cpu", adapters_only=False, mmap=False):
     """Read a project checkpoint, turning torch's deep errors into one clear message.
 
     adapters_only: also accept the checkpoint of a LoRA run on a Hugging Face-format model, which
-    holds the adapters and the base folder's path but no merged weights (--resume reads it)."""
+    holds the adapters and the base folder's path but no merged weights (--resume reads it).
+    mmap: map the file instead of reading it; its pages are read when a tensor is first used."""
     path = check_checkpoint_path(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a truncated zip, garbage bytes, a pickle with foreign objects ...
         # torch's message suggests weights_only=False, i.e. running the file's code: never for a file
         # we did not write. Name the problem, not that advice.
@@ -291,16 +292,17 @@ def _check_dtypes(headers, dtype, directory):
         raise CheckpointError(f"checkpoint {directory} mixes dtypes {found}; pass dtype= to load it as one")
 
 
-def save_pretrained(model, directory, max_shard_size=5 * 10**9):
+def save_pretrained(model, directory, max_shard_size=5 * 10**9, state=None):
     """Write `model` as a Hugging Face-format directory: config.json (official field names) and
     model.safetensors, or, past max_shard_size bytes, shards model-0000i-of-0000n.safetensors listed
     in model.safetensors.index.json. Tensors keep the model's dtype. Files of an earlier save to the
-    same directory that this save does not rewrite are removed (a stale index would be read first)."""
+    same directory that this save does not rewrite are removed (a stale index would be read first).
+    state: the weights to write (default model.state_dict(); a sharded model's, gathered)."""
     save_file = _safetensors().torch.save_file
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     previous = _weight_files(directory)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     groups = _plan_shards(state, max_shard_size)
     names = ([SINGLE_FILE] if len(groups) == 1 else
              [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
@@ -417,14 +419,21 @@ def save_run(cfg, stage, model, optimizer, step, noise_gen, path=None, slim=Fals
 
     Under torchrun every process calls this; rank 0 writes (model, optimizer and RNG states are the
     same on every process, so one file resumes a run on any number of them) and the others wait for
-    it. `model` is the plain model, not its DDP wrapper (whose keys start with "module.")."""
+    it. `model` is the plain model, not its DDP wrapper (whose keys start with "module."). Under FSDP
+    (--fsdp) every process first sends rank 0 its shards (distributed.full_state): the file is the
+    one an unsharded run writes."""
+    sharded = distributed.is_sharded(model)
+    if sharded:  # a collective: every process takes part
+        weights, optimizer_state = distributed.full_state(model, None if slim else optimizer)
     if distributed.is_main():
         ckpt = {"config": asdict(model.config), "stage": stage, "train_config": asdict(cfg), "step": step,
                 "init": getattr(cfg, "init", None)}  # pretraining starts from no model
-        if not adapters_only(cfg, model):
+        if sharded:  # (no LoRA under FSDP: FinetuneConfig refuses it)
+            ckpt["model"] = weights
+        elif not adapters_only(cfg, model):
             ckpt["model"] = merge_lora(copy.deepcopy(model)).state_dict() if lora_layers(model) else model.state_dict()
         if not slim:
-            ckpt.update(optimizer=optimizer.state_dict(), rng=rng_state(noise_gen))
+            ckpt.update(optimizer=optimizer_state if sharded else optimizer.state_dict(), rng=rng_state(noise_gen))
             if lora_layers(model):
                 ckpt["lora_adapters"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
         save_checkpoint(ckpt, path or Path(cfg.out_dir) / "ckpt.pt")
@@ -435,9 +444,11 @@ def restore(cfg, stage, model, optimizer, noise_gen):
     """--resume: load out_dir/ckpt.pt into model and optimizer. Returns the step to continue from.
 
     The checkpoint must come from the same stage, starting model and model config; with LoRA, the
-    base weights are re-read from cfg.init and only the adapters come from the checkpoint."""
+    base weights are re-read from cfg.init and only the adapters come from the checkpoint. Under FSDP
+    every process maps the whole file (one copy a machine) and keeps its own shard of each tensor."""
     path = Path(cfg.out_dir) / "ckpt.pt"
-    ckpt = load_checkpoint(path, adapters_only=True)
+    sharded = distributed.is_sharded(model)
+    ckpt = load_checkpoint(path, adapters_only=True, mmap=sharded)
     if ckpt.get("stage") != stage:
         raise CheckpointError(f"{path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
     if "optimizer" not in ckpt:
@@ -445,11 +456,14 @@ def restore(cfg, stage, model, optimizer, noise_gen):
     if ckpt.get("init") != getattr(cfg, "init", None) and "init" in ckpt:
         raise CheckpointError(f"{path} continues a run that started from --init={ckpt['init']}, not {cfg.init}")
     check_same_config(ckpt["config"], model.config, path)
-    if "lora_adapters" in ckpt:
-        model.load_state_dict(ckpt["lora_adapters"], strict=False)
+    if sharded:
+        distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
     else:
-        model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+        if "lora_adapters" in ckpt:
+            model.load_state_dict(ckpt["lora_adapters"], strict=False)
+        else:
+            model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
     set_rng_state(ckpt["rng"], noise_gen)
     print(f"resumed from {path} at step {ckpt['step']}")
     return ckpt["step"]
@@ -465,8 +479,9 @@ def finish(cfg, stage, model, optimizer, noise_gen, seconds, tok):
     if Path(cfg.export).suffix == ".pt":
         save_run(cfg, stage, model, optimizer, cfg.steps, noise_gen, path=cfg.export, slim=True)
     else:
+        weights = distributed.full_state(model)[0] if distributed.is_sharded(model) else None  # all processes
         if distributed.is_main():  # under torchrun: rank 0 writes, the others wait
-            save_pretrained(merge_lora(model), cfg.export)
+            save_pretrained(merge_lora(model), cfg.export, state=weights)
             tok.save_pretrained(cfg.export)
         distributed.barrier()
     print(f"exported the weights (no optimizer state) to {cfg.export}")

@@ -286,6 +286,7 @@ class RunConfig:
     export: str = ""  # at the end also write the weights here: FILE.pt (project format) or DIR (Hugging Face format)
     micro_batch: int = 0  # rows per forward/backward; 0 = the whole batch (else gradients accumulate)
     checkpointing: bool = False  # activation checkpointing per block: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, grads and AdamW state over the processes (FSDP), not DDP
 
     def __post_init__(self):
         """Check every key before anything is loaded, created or written."""
@@ -327,6 +328,9 @@ class FinetuneConfig(RunConfig):
         if self.memory_limit_gb is not None:
             check_range(self, 0, None, "memory_limit_gb", low_open=True)
         check_range(self, 0, None, "lora_r")
+        if self.fsdp and self.lora_r > 0:  # LoRA's state is small: DDP holds it on every process
+            raise ConfigError(f"--fsdp=true with --lora_r={self.lora_r}: FSDP is for full fine-tuning (--lora_r=0); "
+                              "a LoRA run trains with DDP (drop --fsdp)")
         check_range(self, 0, None, "lora_alpha", low_open=True)
         check_range(self, 0, 0.99, "lora_dropout")
         for target in self.lora_targets.split(","):

@@ -80,7 +80,7 @@ from checkpoint import finish, load_tokenizer, model_config, restore, save_run
 from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, init_model,
                     make_optimizer, mix_seed, row_slices, set_lr, start_run)
 from diffusion import REMASKING, check_fast_sampler, check_sampler
-from distributed import all_gather_objects, all_sum, check_split, ddp, is_main, my_rows, sync_gradients, world
+from distributed import all_gather_objects, all_sum, check_split, is_main, my_rows, shard, sync_gradients, world, wrap
 from eval import complete
 from lora import adapters_off
 from plot import plot_rewards
@@ -160,6 +160,10 @@ class GRPOConfig(FinetuneConfig):
         check_sampler(self.gen_length, self.block_length, self.diffusion_steps,
                       keys=("gen_length", "block_length", "diffusion_steps"))
         check_fast_sampler(self.cache, self.threshold)
+        if self.fsdp and self.threshold is not None:  # distributed.shard: every forward is a collective
+            raise ConfigError(f"--threshold={self.threshold} with --fsdp=true: parallel decoding ends each process's "
+                              "rollout after its own number of forward passes, and sharded weights need every "
+                              "process in each; drop --threshold or --fsdp")
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
         check_range(self, 0, None, "rollout_batch", "max_prompt_length")
         check_split(self.questions_per_step, "questions per step (--questions_per_step)")  # over torchrun's processes
@@ -311,7 +315,8 @@ def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, 
     this rollout's), and wrapped the model in DistributedDataParallel (distributed.ddp), whose
     backward averages the gradients over the W processes; each loss is multiplied by W so that the
     average is the sum, the gradient of the whole step's loss. The all-reduce runs once, with the
-    last chunk's backward (distributed.sync_gradients)."""
+    last chunk's backward (distributed.sync_gradients). Under --fsdp wrapped is the sharded model
+    itself, whose backward averages likewise (a reduce-scatter after every chunk)."""
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     n_tokens = loss_mask.sum().clamp(min=1) if n_tokens is None else n_tokens
     wrapped = model if wrapped is None else wrapped
@@ -344,12 +349,16 @@ def train_grpo(cfg: GRPOConfig):
     check_fits(cfg, longest, model_config(cfg.init).max_sequence_length)
     model = init_model(cfg, device, tok, "grpo", prompt_length=longest)
     # pi_ref, the KL anchor: the starting model. With LoRA that is the same model with its adapters
-    # off; otherwise a frozen copy. (adapters_off does nothing to a model without adapters.)
+    # off; otherwise a frozen copy, which --fsdp shards as well (it is as big as the model).
+    # (adapters_off does nothing to a model without adapters.)
     reference = model if cfg.lora_r > 0 else copy.deepcopy(model).requires_grad_(False).eval()
+    reference = shard(reference) if cfg.fsdp else reference
+    # The update's forward: DDP's wrapper, or (--fsdp) the sharded model itself; rollouts and no-grad
+    # log-probs run the model itself. Before the optimizer, which must hold the shards.
+    wrapped = wrap(model, cfg.fsdp)
     optimizer = make_optimizer(model, cfg)
     rng = torch.Generator(device=device)  # checkpoints keep a sampler generator's state; GRPO's rows seed their own
     start = restore(cfg, "grpo", model, optimizer, rng) if cfg.resume else 0
-    wrapped = ddp(model)  # the update's forward; rollouts and no-grad log-probs run the model itself
     metrics = MetricsLog(cfg.out_dir, cfg.resume)
     mask_id, G, mu, chunk = model.config.mask_token_id, cfg.group_size, cfg.mu, cfg.logp_chunk
     mine = my_rows(cfg.questions_per_step, "questions per step (--questions_per_step)")  # this process's

@@ -25,6 +25,7 @@ E = n T D and E_F = n T F elements. A card sold as "24 GB" holds 24 GiB = 25.8 G
                                 adapters off instead (lora.adapters_off), which costs nothing
     optimizer    LoRA: n_lora (4 + 4 + 8)                  fp32 adapters, fp32 grads, 2 fp32 AdamW states
                  full: n_params (w + 2 w)                  grads and AdamW's 2 states, in the weights' dtype
+    FSDP         --fsdp, N processes: weights, reference, optimizer / N, each + (root + 2 blocks) w gathered
     kept log-probs  GRPO: 2 mu N C 4                      old and reference log-probs of every prompt mask
     activations  what autograd saves for backward (from model.Block.forward; tests/test_memory.py checks
                  it against torch.autograd.graph.saved_tensors_hooks), per block:
@@ -64,10 +65,9 @@ micro-step needs 4.17, the log-prob forward 2.54); peak 16.031 + 2.684 + 0.002 +
 total 25.24 x 1.1 + 1 = 28.76 GB: fits 40 and 80 GB cards; on a 24 GB card (25.8 GB),
 --rollout_batch=3 --logp_chunk=5 would (25.4 GB).
 
-Left out, so the plan is a slight over-estimate on purpose: small terms (RoPE tables, log-sum-exps,
-token ids, clip_grad_norm_'s norms), and that the first block of a LoRA run saves less than the others.
-With fp32 weights under bf16 autocast (the tiny model) autocast's bf16 weight copies (c bytes per
-linear weight) are added to the activations.
+Left out, so the plan is a slight over-estimate on purpose: small terms (RoPE tables, log-sum-exps, token ids,
+clip_grad_norm_'s norms), and that the first block of a LoRA run saves less than the others. With fp32 weights
+under bf16 autocast (the tiny model) autocast's bf16 weight copies (c bytes per linear weight) join the activations.
 """
 
 import functools
@@ -88,6 +88,7 @@ ALLOWANCE_SHARE = 0.10  # of the peak: allocator fragmentation (block rounding, 
 ALLOWANCE_FIXED = 1 * GB  # the CUDA context and cuBLAS workspace (~0.5-1 GB on an H100)
 STAGES = ("sft", "grpo")
 DEFAULT_PROMPT_LENGTH = 200  # GRPO without --max_prompt_length: d1's prompt cut (grpo.d1_grpo_preset)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class MemoryPlanError(ValueError):
@@ -180,23 +181,20 @@ def block_saved_bytes(config, rows, T, c, s, w, lora_r=0, targets=(), dropout=0.
     """What autograd saves inside one model.Block for its backward: (rows, T) tokens, c bytes of
     compute, s of the residual stream, w of a weight; full fine-tuning (lora_r = 0) or LoRA on
     `targets` (with dropout on the adapters' input when dropout > 0)."""
-    E, EF = rows * T * config.d_model, rows * T * config.mlp_hidden_size
-    full = lora_r == 0
+    E, EF, full = rows * T * config.d_model, rows * T * config.mlp_hidden_size, lora_r == 0
     trains = set(LLADA_LINEARS) if full else set(targets)
     D, F_ = config.d_model, config.mlp_hidden_size
     shapes = {"q_proj": (D, D), "k_proj": (D, D), "v_proj": (D, D), "attn_out": (D, D),  # (in, out) of each linear
               "ff_proj": (D, F_), "up_proj": (D, F_), "ff_out": (F_, D)}
-    # RMSNorm (x2): pow and the rsqrt multiply save the fp32 input; "normed * weight" saves normed only
-    # when the norm weight trains.
+    # RMSNorm (x2): pow and the rsqrt multiply save the fp32 input; "normed * weight" saves normed if it trains
     saved = 2 * (4 * E + (s * E if full else 0))
     saved += 4 * c * E  # attention: q, k (after RoPE), v and the output (also attn_out's input, a view)
     if config.attn_impl == "eager":  # the written-out softmax also keeps its (rows, H, T, T) probabilities
         saved += rows * config.n_heads * T * T * c
     saved += 3 * c * EF  # SwiGLU: the gate (SiLU's input), silu(gate) and up (the product's inputs)
     if full or not dropout:
-        # The inputs of the linears that train: h for q/k/v, h2 for the MLP, the product for ff_out.
-        # When the stream is wider than the compute dtype (fp32 weights under bf16 autocast) each
-        # linear saves a cast copy of its own.
+        # The inputs of the linears that train: h for q/k/v, h2 for the MLP, the product for ff_out. When
+        # the stream is wider than the compute (fp32 weights, bf16 autocast) each saves a cast copy of its own.
         for names in (("q_proj", "k_proj", "v_proj"), ("ff_proj", "up_proj")):
             n_training = len(trains & set(names))
             saved += (c * E if s == c else n_training * c * E) if n_training else 0
@@ -274,6 +272,7 @@ def _knobs(stage, cfg, config, prompt_length):
              targets=tuple(get("lora_targets", "q_proj,k_proj,v_proj,up_proj").split(",")) if lora_r else (),
              dropout=get("lora_dropout", 0.0) if lora_r else 0.0, dtype=get("dtype", "bfloat16"))
     processes = launched_world()  # under torchrun each process plans its share
+    k["shards"] = processes if get("fsdp", False) else 1  # FSDP: 1/N of the model's state on each process
     if stage == "sft":
         batch = max(1, get("batch_size", 1) // processes)
         k.update(batch_size=batch, micro_batch=min(get("micro_batch", 0) or batch, batch), seq_len=get("seq_len", 4096))
@@ -296,9 +295,6 @@ def memory_plan(config, stage, cfg, prompt_length=None, weights_dtype=None):
     if weights_dtype is None:
         weights_dtype = checkpoint_dtype(getattr(cfg, "init", None))
     return _plan(config, weights_dtype, _knobs(stage, cfg, config, prompt_length))
-
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def checkpoint_dtype(path):
@@ -328,12 +324,15 @@ def _plan(config, weights_dtype, k):
     wname, cname = _dtype_name(weights_dtype), "bf16" if c == 2 else "fp32"
     lora = f"LoRA r={k['lora_r']} on {','.join(k['targets'])}" if k["lora_r"] else "full fine-tuning"
     plan = MemoryPlan(title="", config=config, weights_dtype=weights_dtype, knobs=dict(k))
-    plan.weights = n_params * w
-    plan.notes["weights"] = f"{n_params:,} parameters x {w} bytes ({wname})"
-    plan.optimizer = trainable * (16 if k["lora_r"] else 3 * w)
+    N, root = k["shards"], 2 * config.embedding_size * config.d_model + config.d_model  # FSDP; wte, ff_out, ln_f
+    gathered = (root + 2 * (n_params - root) // config.n_layers) * w if N > 1 else 0  # the root and 2 blocks, whole
+    fsdp = f" / {N} processes (FSDP) + the root group and 2 blocks held whole" if N > 1 else ""
+    plan.weights = n_params * w // N + gathered
+    plan.notes["weights"] = f"{n_params:,} parameters x {w} bytes ({wname})" + fsdp
+    plan.optimizer = trainable * (16 if k["lora_r"] else 3 * w) // N + gathered
     plan.notes["optimizer"] = (f"{trainable:,} LoRA parameters x 16 bytes: fp32 adapters, grads, 2 AdamW states"
                                if k["lora_r"] else f"{trainable:,} parameters x {3 * w} bytes: {wname} grads and "
-                               "2 AdamW states")
+                               "2 AdamW states") + fsdp
 
     if k["stage"] == "sft":
         rows, T, scored = k["micro_batch"], k["seq_len"], k["seq_len"]
@@ -411,7 +410,7 @@ def what_fits(plan, limit):
                 ", their gradients and AdamW state")
         advice = f"no: the {_dtype_name(plan.weights_dtype)} weights{what} alone need {base / GB:.1f} GB"
         if not k["lora_r"]:
-            lora = replan(plan, lora_r=128, targets=("q_proj", "k_proj", "v_proj", "up_proj"))
+            lora = replan(plan, lora_r=128, targets=("q_proj", "k_proj", "v_proj", "up_proj"), shards=1)  # DDP
             advice += f"; with LoRA (--lora_r=128) this run needs {lora.total / GB:.1f} GB"
         return False, advice
     changes = {} if k["checkpointing"] else {"checkpointing": True}

@@ -109,14 +109,18 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
 
     On N processes (torchrun) every process builds the same whole batch and draws the same noise;
     each computes the loss of its own B/N rows (in micro-batches if asked), and DDP adds up the
-    gradients. So the losses, gradients and weights are those of one process running the whole
-    batch, up to float rounding, for any N. (Not quite with --lora_dropout > 0: each process draws
-    its rows' dropout masks from its own copy of the seeded RNG, so the masks, though not their
-    statistics, depend on N.)
+    gradients (or FSDP, --fsdp, which also splits the weights and AdamW state: distributed.shard).
+    So the losses, gradients and weights are those of one process running the whole batch, up to
+    float rounding, for any N. (Not quite with --lora_dropout > 0: each process draws its rows'
+    dropout masks from its own copy of the seeded RNG, so the masks, though not their statistics,
+    depend on N.)
 
         B = 8 rows, N = 2 processes, --micro_batch=2:
             rows      0 1 | 2 3 || 4 5 | 6 7
             process   rank 0    || rank 1        each: 2 forward/backward passes, then 1 all-reduce"""
+    # What training calls forward on: the model itself on one process, its DDP wrapper, or (--fsdp)
+    # the model itself, sharded; before the optimizer, which must hold the shards.
+    trainer = distributed.wrap(model, cfg.fsdp)
     optimizer = make_optimizer(model, cfg)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the masking noise
     start = restore(cfg, stage, model, optimizer, noise_gen) if cfg.resume else 0
@@ -124,7 +128,6 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
     mask_id = model.config.mask_token_id
     samples = sample_items()  # a few test questions to decode now and then
     model.train()
-    trainer = distributed.ddp(model)  # the model itself on one process; what training calls forward on
 
     t0, tokens_seen = time.time(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True,
@@ -143,8 +146,8 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
             with distributed.sync_gradients(trainer, now=i == len(micro_batches) - 1):  # all-reduce once
                 with autocast(device, cfg.dtype):
                     part = diffusion_loss(trainer, x0, prompt_lengths, mask_id, generator=noise_gen, rows=rows)
-                # part = this micro-batch's rows' sum / B. DDP averages the gradients over the N
-                # processes; times N makes that their sum: the gradient of the whole batch's loss.
+                # part = this micro-batch's rows' sum / B. DDP (and FSDP) average the gradients over
+                # the N processes; times N makes that their sum: the gradient of the whole batch's loss.
                 (part * distributed.world()).backward()
             loss += part.detach()
         distributed.all_sum(loss)  # the whole batch's loss: every process's rows
@@ -159,9 +162,10 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
             seconds = time.time() - t0
+            grad_norm = grad_norm.item()  # (under FSDP a DTensor, replicated: the same on every process)
             tqdm.write(f"{stage} step {done:5d} | loss {loss.item():.4f} | grad norm {grad_norm:.2f} | "
                        f"lr {lr:.2e} | {tokens_seen / seconds:,.0f} tok/s | {seconds:6.1f}s")
-            metrics.write(stage=stage, step=done, loss=loss.item(), grad_norm=grad_norm.item(), lr=lr,
+            metrics.write(stage=stage, step=done, loss=loss.item(), grad_norm=grad_norm, lr=lr,
                           tokens_per_s=round(tokens_seen / seconds), seconds=round(seconds, 2))
         if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             # every process decodes (the others would wait for rank 0 anyway); rank 0 prints

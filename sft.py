@@ -3,6 +3,7 @@ Stage 2, masked SFT: d1's supervised stage (d1 paper, Sec. 3.1), scaled down to 
 
     python train.py --stage sft                        # from checkpoints/tiny-base.pt
     python train.py --stage sft --lora_r=8             # LoRA instead of full fine-tuning
+    torchrun --nproc_per_node=8 train.py --stage sft --fsdp=true   # weights, grads, AdamW split 8 ways (FSDP)
 
 d1 fine-tunes LLaDA on s1K (1,000 questions with long reasoning traces, some of which try, check
 and backtrack). Our stand-in: about a thousand tiny-task questions with step-by-step traces
