@@ -24,7 +24,7 @@ train_grpo() at the bottom is Algorithm 1, top to bottom, with the paper's line 
     5     G completions per question with the diffusion sampler     eval.complete()
     6     rewards r_i, advantages A_i = r_i - mean(r)                 group_advantages()
     7     for j in 1..mu (inner updates, each with prompt mask j)    prompt_mask()
-    8        log-probs of pi_theta, pi_old, pi_ref with mask j        sequence_logps()
+    8        log-probs of pi_theta, pi_old, pi_ref with mask j        estimators.py (--estimator)
     9        minimise the clipped surrogate + beta KL(pi_theta || pi_ref)   grpo_loss()
 
 Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
@@ -50,6 +50,9 @@ Optional and off by default (d1 samples without them): --cache and --threshold s
 with Fast-dLLM's approximate KV cache and parallel decoding (diffusion.generate). With random
 remasking a step commits one random masked token of the block, plus every one whose sampled token
 has a probability above the threshold. The log line then ends with the rollout's sampler steps.
+--estimator=coupled or elbo replaces line 8's one-step estimator by later work's (estimators.py:
+complementary masks, DiffuCoder; a K-sample ELBO with a sequence-level ratio, ESPO), at 2 or K
+forward passes per log-prob instead of 1.
 
 Several processes (torchrun, distributed.py): every process builds the whole step, the questions
 (a pure function of seed and step), the prompt length and the prompt masks; it takes its own
@@ -73,7 +76,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import finish, load_tokenizer, model_config, restore, save_run
@@ -81,6 +83,7 @@ from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_cho
                     make_optimizer, mix_seed, row_slices, set_lr, start_run)
 from diffusion import REMASKING, check_fast_sampler, check_sampler
 from distributed import all_gather_objects, all_sum, check_split, is_main, my_rows, shard, sync_gradients, world, wrap
+from estimators import ESTIMATORS, chunked_logps, completion_weights, estimate_logps, loss_logps, prompt_mask
 from eval import complete
 from lora import adapters_off
 from plot import plot_rewards
@@ -134,6 +137,8 @@ class GRPOConfig(FinetuneConfig):
     threshold: float | None = None  # rollouts' parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1)
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used)
+    estimator: str = "d1"  # line 8's log-probs: d1 (one step), coupled or elbo (later work; estimators.py)
+    elbo_samples: int = 2  # K, forward passes per log-prob of --estimator=elbo (tiny choice)
     epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
     beta: float = 0.04  # KL weight, d1
     scale_rewards_by_std: bool = False  # d1 runs without std division (Dr. GRPO style)
@@ -157,6 +162,7 @@ class GRPOConfig(FinetuneConfig):
             raise ValueError(f"--group_size={self.group_size}: GRPO needs at least 2 completions per question "
                              "(advantages are rewards minus the group mean; a group of 1 has no signal)")
         check_choice("remasking", self.remasking, REMASKING)
+        check_choice("estimator", self.estimator, ESTIMATORS)
         check_sampler(self.gen_length, self.block_length, self.diffusion_steps,
                       keys=("gen_length", "block_length", "diffusion_steps"))
         check_fast_sampler(self.cache, self.threshold)
@@ -164,7 +170,7 @@ class GRPOConfig(FinetuneConfig):
             raise ConfigError(f"--threshold={self.threshold} with --fsdp=true: parallel decoding ends each process's "
                               "rollout after its own number of forward passes, and sharded weights need every "
                               "process in each; drop --threshold or --fsdp")
-        check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk")
+        check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk", "elbo_samples")
         check_range(self, 0, None, "rollout_batch", "max_prompt_length")
         check_split(self.questions_per_step, "questions per step (--questions_per_step)")  # over torchrun's processes
         if self.task:
@@ -253,37 +259,6 @@ def completion_mask(completion_ids, eos_id):
     return (~after_first_eos).float()
 
 
-def prompt_mask(seed, step, j, shape, p_mask_prompt, device):
-    """The random prompt mask of inner update j: a pure function of (seed, step, j).
-
-    The old-policy, reference and current log-probs of update j all use this same mask, so their
-    ratio compares like with like (deviation 1). On several processes each draws the whole step's
-    mask (all rows) and takes its own rows, so a row's mask does not depend on the split."""
-    g = torch.Generator().manual_seed(mix_seed(seed, step, j))
-    return (torch.rand(shape, generator=g) < p_mask_prompt).to(device)  # (N, P) bool
-
-
-def sequence_logps(model, ro, is_prompt_masked, mask_id, rows=slice(None)):
-    """Line 8, the one-step estimator: per-token log pi(o_k | masked prompt), all completion masked.
-
-    ro: the rollout (eval.Completions). Returns (n, C) for the selected rows; callers take the rows
-    in chunks so a big batch's (N, T, V) logits never all exist at once."""
-    prompt = torch.where(is_prompt_masked[rows], mask_id, ro.prompt_ids[rows])  # (n, P)
-    completion = torch.full_like(ro.completion_ids[rows], mask_id)  # (n, C): every slot masked
-    x = torch.cat([prompt, completion], dim=1)  # (n, P + C)
-    attention = torch.cat([ro.prompt_attention[rows], torch.ones_like(completion)], dim=1)  # (n, P + C)
-    logits = model(x, attention)[:, prompt.size(1):]  # (n, C, V)
-    logp = F.log_softmax(logits.float(), dim=-1)  # (n, C, V)
-    return torch.gather(logp, -1, ro.completion_ids[rows][..., None]).squeeze(-1)  # (n, C)
-
-
-@torch.no_grad()
-def chunked_logps(model, ro, is_prompt_masked, mask_id, chunk_size):
-    """sequence_logps for all rows, chunk_size rows at a time, without gradients: (N, C)."""
-    return torch.cat([sequence_logps(model, ro, is_prompt_masked, mask_id, rows)
-                      for rows in row_slices(ro.completion_ids.size(0), chunk_size)])
-
-
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
     """Line 9, per token, summed over `mask` and divided by n_tokens (the pooled mean, deviation 3).
 
@@ -306,10 +281,12 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps, beta, n_tokens):
 
 
 def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, loss_mask, cfg, device,
-                  n_tokens=None, wrapped=None):
+                  n_tokens=None, wrapped=None, weights=None):
     """Line 9, one gradient step: the clipped loss over every row of the rollout, cfg.logp_chunk rows
     per forward/backward (their gradients add up), then clipping and the optimizer step.
-    old, ref: (N, C) log-probs under this update's prompt mask. Returns sums of loss, kl, clipped.
+    old, ref: (N, C) log-probs under this update's masks: its prompt mask and, for cfg.estimator
+    coupled or elbo, its completion masks `weights` (estimators.completion_weights; None for d1).
+    The ELBO estimates enter the loss per sequence (estimators.loss_logps). Returns sums of loss, kl, clipped.
 
     On several processes: n_tokens is the whole step's count of loss tokens (all processes; default:
     this rollout's), and wrapped the model in DistributedDataParallel (distributed.ddp), whose
@@ -324,9 +301,11 @@ def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, 
     for c, rows in enumerate(chunks):
         with sync_gradients(wrapped, now=c == len(chunks) - 1):
             with autocast(device, cfg.dtype):
-                logp = sequence_logps(wrapped, ro, is_prompt_masked, model.config.mask_token_id, rows)  # (n, C)
-            loss, stats = grpo_loss(logp, old[rows], ref[rows], advantages[rows], loss_mask[rows], cfg.epsilon,
-                                    cfg.beta, n_tokens)
+                logp = estimate_logps(wrapped, ro, is_prompt_masked, model.config.mask_token_id, rows,
+                                      weights)  # (n, C)
+            logp, old_j, ref_j = loss_logps(cfg.estimator, loss_mask[rows], logp, old[rows], ref[rows])  # (n, C) each
+            loss, stats = grpo_loss(logp, old_j, ref_j, advantages[rows], loss_mask[rows], cfg.epsilon, cfg.beta,
+                                    n_tokens)
             (loss * world()).backward()  # DDP averages the W processes' gradients: W x the average = the sum
         sums["loss"] += loss.item()
         sums["kl"] += stats["kl"]
@@ -392,14 +371,17 @@ def train_grpo(cfg: GRPOConfig):
         seconds["rollout"] = time.time() - tick
 
         # Line 8, for every j at once: the old and reference log-probs don't change during the mu
-        # updates, so they are computed once, under each of the mu prompt masks.
+        # updates, so they are computed once, under each of the mu prompt masks (and, for the coupled
+        # and ELBO estimators, the mu draws of completion masks; d1 draws none: weights None).
         tick = time.time()
         whole = (cfg.questions_per_step * G, P)  # every process draws the step's whole mask, takes its rows
         masks = [prompt_mask(cfg.seed, step, j, whole, cfg.p_mask_prompt, device)[my_rollouts] for j in range(mu)]
+        weights = [completion_weights(cfg.estimator, cfg.seed, step, j, (whole[0], cfg.gen_length), cfg.elbo_samples,
+                                      device, my_rollouts) for j in range(mu)]  # mu x (S, N, C), or None
         with autocast(device, cfg.dtype):
-            old = [chunked_logps(model, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
+            old = [chunked_logps(model, ro, m, mask_id, chunk, w) for m, w in zip(masks, weights)]  # mu x (N, C)
             with adapters_off(reference):
-                ref = [chunked_logps(reference, ro, m, mask_id, chunk) for m in masks]  # mu x (N, C)
+                ref = [chunked_logps(reference, ro, m, mask_id, chunk, w) for m, w in zip(masks, weights)]
         seconds["logps"] = time.time() - tick
 
         # Lines 7-9: mu gradient steps on the same rollout, step j with prompt mask j.
@@ -408,7 +390,7 @@ def train_grpo(cfg: GRPOConfig):
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for j in range(mu):
             step_sums = policy_update(model, optimizer, ro, masks[j], old[j], ref[j], advantages, loss_mask, cfg,
-                                      device, n_tokens, wrapped)
+                                      device, n_tokens, wrapped, weights[j])
             sums = {k: sums[k] + step_sums[k] for k in sums}
         seconds["update"] = time.time() - tick
 

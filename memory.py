@@ -17,8 +17,8 @@ The formula (bytes; GB = 10^9 bytes). Notation of model.py: L layers, D width, F
 H heads; w = bytes of a weight (2 for LLaDA-8B's bf16, 4 for the tiny fp32 checkpoints), c = bytes of
 the compute dtype (2 with --dtype=bfloat16 or bf16 weights, else 4), s = bytes of the residual stream
 (= w: embeddings and residual adds stay in the weights' dtype under autocast). A micro-step runs n
-rows of T tokens (SFT: micro_batch x seq_len; GRPO: logp_chunk x (P + C), P the prompt, C gen_length);
-E = n T D and E_F = n T F elements. A card sold as "24 GB" holds 24 GiB = 25.8 GB.
+rows of T tokens (SFT: micro_batch x seq_len; GRPO: logp_chunk x S of P + C, P the prompt, C gen_length,
+S = 1, 2 or K passes of --estimator); E = n T D, E_F = n T F. A "24 GB" card holds 24 GiB = 25.8 GB.
 
     weights      n_params w                               counted on the meta device (Model + add_lora)
     reference    n_params w     GRPO with full fine-tuning only (a frozen deepcopy); LoRA turns its
@@ -253,8 +253,8 @@ def rollout_bytes(config, rows, T, c, temperature, remasking="low_confidence", c
 
 
 def logp_forward_bytes(config, rows, T, C, c):
-    """grpo.chunked_logps without gradients: the (rows, T, V) logits, the fp32 cast of the completion's
-    and its log-softmax (rows, C, V), and the forward's working set."""
+    """estimators.chunked_logps, no grad, one pass at a time (any --estimator): the (rows, T, V) logits,
+    the fp32 cast of the completion's and its log-softmax (rows, C, V), and the forward's working set."""
     return rows * config.embedding_size * (c * T + 2 * 4 * C) + forward_working_bytes(config, rows, T, c)
 
 
@@ -283,7 +283,8 @@ def _knobs(stage, cfg, config, prompt_length):
         k.update(N=N, P=P, C=C, mu=get("mu", 1), rollout_batch=min(get("rollout_batch", 0) or N, N),
                  logp_chunk=min(get("logp_chunk", N), N), temperature=get("temperature", 0.9),
                  remasking=get("remasking", "low_confidence"), cache=get("cache", None),
-                 threshold=get("threshold", None))
+                 threshold=get("threshold", None),  # and forward passes per log-prob (estimators.py):
+                 passes={"coupled": 2, "elbo": get("elbo_samples", 2)}.get(get("estimator", "d1"), 1))
     return k
 
 
@@ -338,8 +339,8 @@ def _plan(config, weights_dtype, k):
         rows, T, scored = k["micro_batch"], k["seq_len"], k["seq_len"]
         shape = f"micro-batch {rows} x {T} tokens"
     else:
-        rows, T, scored = k["logp_chunk"], k["P"] + k["C"], k["C"]
-        shape = f"log-prob chunk {rows} x ({k['P']} + {k['C']}) tokens"
+        rows, T, scored = k["logp_chunk"] * k["passes"], k["P"] + k["C"], k["C"]  # passes kept until backward
+        shape = f"log-prob chunk {k['logp_chunk']} x {k['passes']} passes x ({k['P']} + {k['C']}) tokens"
     act = activation_bytes(config, rows, T, c, s, w, k["lora_r"], k["targets"], k["checkpointing"], k["dropout"])
     plan.activations = act["saved"] + act["backward"]
     how = (f"{config.n_layers} block inputs + 1 block's saved tensors (checkpointing)" if k["checkpointing"]
@@ -350,9 +351,9 @@ def _plan(config, weights_dtype, k):
                             f"({rows}, {scored}, V) and its gradients")
 
     if k["stage"] == "grpo":
-        _grpo_parts(plan, config, k, c, rows)
+        _grpo_parts(plan, config, k, c, k["logp_chunk"])  # the no-grad log-probs run one pass at a time
         shape = (f"{k['N']} rows of {k['P']} + {k['C']} tokens, rollout_batch {k['rollout_batch']}, "
-                 f"logp_chunk {rows}, mu {k['mu']}")
+                 f"logp_chunk {k['logp_chunk']}, mu {k['mu']}")
     else:
         shape = f"batch {k['batch_size']}, micro_batch {rows}, seq_len {T}"
     size = f"{n_params / 1e9:.2f}B" if n_params >= 1e9 else f"{n_params / 1e6:.1f}M"

@@ -1,7 +1,7 @@
 """
 Exercise 11 (~25 min): d1's one-step log-prob estimator and its random prompt mask.
 
-Replaces grpo.prompt_mask and grpo.sequence_logps (Algorithm 1, line 8). Fill in both, then:
+Replaces estimators.prompt_mask and estimators.sequence_logps (Algorithm 1, line 8). Fill in both, then:
     python -m exercises check 11
     python -m exercises run 11 --stage grpo --steps=5   # diffu-GRPO reads log-probs YOUR way
 """

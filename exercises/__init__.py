@@ -91,7 +91,7 @@ EXERCISES = (
              "sampling as an argmax (Gumbel-max) and why it runs in float64", check_gumbel, ("grpo",)),
     Exercise(10, "advantages", ("grpo.group_advantages",), 10,
              "group-relative advantages A_i = r_i - mean(r) (Algorithm 1, line 6)", check_advantages, ("grpo",)),
-    Exercise(11, "one_step_logps", ("grpo.prompt_mask", "grpo.sequence_logps"), 25,
+    Exercise(11, "one_step_logps", ("estimators.prompt_mask", "estimators.sequence_logps"), 25,
              "d1's one-step log-prob estimator and its random prompt mask (line 8)", check_one_step_logps, ("grpo",)),
     Exercise(12, "grpo_loss", ("grpo.grpo_loss",), 20,
              "the clipped surrogate plus beta * k3 KL, pooled over tokens (line 9)", check_grpo_loss, ("grpo",)),

@@ -1,6 +1,6 @@
 """
-Checks of exercises 10-13: diffu-GRPO's pieces (grpo.py: group advantages, the one-step log-prob
-estimator and its prompt mask, the clipped loss with the k3 KL) and LoRA (lora.py).
+Checks of exercises 10-13: diffu-GRPO's pieces (grpo.py: group advantages and the clipped loss with
+the k3 KL; estimators.py: the one-step log-prob estimator and its prompt mask) and LoRA (lora.py).
 """
 
 import copy
@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
+import estimators as ref_estimators
 import grpo as ref
 import lora as ref_lora
 from .check import Call, attempt, expect, require, small_model
@@ -62,11 +63,11 @@ def check_one_step_logps(s):
     """prompt_mask(seed, step, j, shape, p_mask_prompt, device) is a (N, P) bool tensor, a pure function
     of (seed, step, j) (the same call gives the same mask and leaves torch's global RNG alone; another j
     or step gives another mask), masking at rate p (0, 0.15, 0.5, 1). sequence_logps(model, ro,
-    is_prompt_masked, mask_id, rows) equals grpo.sequence_logps on a rollout with a left-padded prompt,
+    is_prompt_masked, mask_id, rows) equals estimators.sequence_logps on a rollout with a left-padded prompt,
     for all rows and for rows=slice(1, 4), and its result carries the gradient."""
     shape = (200, 50)
     for p in (0.0, 0.15, 0.5, 1.0):
-        call = Call(ref.prompt_mask, 1337, 3, 1, shape, p, "cpu")
+        call = Call(ref_estimators.prompt_mask, 1337, 3, 1, shape, p, "cpu")
         state = torch.get_rng_state()
         got = call.run(s.prompt_mask)
         require(torch.equal(state, torch.get_rng_state()), "prompt_mask drew from torch's global random generator; "
@@ -78,20 +79,20 @@ def check_one_step_logps(s):
                 f"p_mask_prompt = {p}; your mask covers {got.float().mean().item():.3f} of them", call)
         require(torch.equal(got, call.run(s.prompt_mask)), "two calls with the same (seed, step, j) gave different "
                 "masks: the old, reference and current log-probs of an inner update must see the same mask", call)
-    base = Call(ref.prompt_mask, 1337, 3, 1, shape, 0.5, "cpu")
+    base = Call(ref_estimators.prompt_mask, 1337, 3, 1, shape, 0.5, "cpu")
     for step, j in ((3, 2), (4, 1)):
-        other = Call(ref.prompt_mask, 1337, step, j, shape, 0.5, "cpu")
+        other = Call(ref_estimators.prompt_mask, 1337, step, j, shape, 0.5, "cpu")
         require(not torch.equal(base.run(s.prompt_mask), other.run(s.prompt_mask)), "another inner update j (or "
                 "another step) must draw another mask: each of the mu updates sees its own view of the prompt", other)
 
     model, ro = small_model(7).requires_grad_(True), _rollout()
-    is_masked = ref.prompt_mask(1337, 0, 0, ro.prompt_ids.shape, 0.3, "cpu")
+    is_masked = ref_estimators.prompt_mask(1337, 0, 0, ro.prompt_ids.shape, 0.3, "cpu")
     for rows in (slice(None), slice(1, 4)):
-        call = Call(ref.sequence_logps, model, ro, is_masked, MASK, rows)
+        call = Call(ref_estimators.sequence_logps, model, ro, is_masked, MASK, rows)
         got = call.run(s.sequence_logps)
         require(isinstance(got, torch.Tensor) and got.requires_grad, "the log-probs must carry the gradient (the "
                 "loss is differentiated through them): no torch.no_grad(), no .detach()", call)
-        expect(call, call.run(ref.sequence_logps), got, mistakes=_logp_mistakes(model, ro, is_masked, rows))
+        expect(call, call.run(ref_estimators.sequence_logps), got, mistakes=_logp_mistakes(model, ro, is_masked, rows))
 
 
 def _rollout(N=5, P=6, C=7):

@@ -9,7 +9,7 @@ pass in which the completion is fully masked and each prompt token is masked wit
 (d1's runs: 0.15), with a new mask for each of the mu inner updates. Masking hides information, so
 it should lower the log-probs, and two masks give two different views of the same completion.
 This samples completions from checkpoints/tiny-sft.pt once (as GRPO's rollouts), then for p = 0,
-0.15 and 0.5 computes every completion's log-probs under `masks` prompt masks (grpo.prompt_mask
+0.15 and 0.5 computes every completion's log-probs under `masks` prompt masks (estimators.prompt_mask
 with j = 0 .. masks - 1) and prints:
     log-prob / token       the mean log-prob of the loss tokens (up to the first EOS)
     std across masks       of a completion's summed log-prob, averaged over completions
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from common import autocast, cli, one_line_errors
-from grpo import chunked_logps, completion_mask, prompt_mask
+from estimators import chunked_logps, prompt_mask
+from grpo import completion_mask
 
 from .experiment_remasking import load, questions, rollout
 
@@ -54,7 +55,7 @@ def spearman(a, b):
 
 
 def logps_under_masks(model, ro, p, masks, seed, dtype):
-    """(masks, N, C) one-step log-probs of every completion token, mask j = grpo.prompt_mask(seed, 0, j)."""
+    """(masks, N, C) one-step log-probs of every completion token, mask j = estimators.prompt_mask(seed, 0, j)."""
     device = next(model.parameters()).device
     out = []
     for j in range(masks):

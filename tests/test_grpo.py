@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import grpo
 from checkpoint import load_model
+from estimators import sequence_logps
 from eval import Completions, complete
 from tasks import Task
 from tasks_tiny import TINY_TASKS
@@ -48,7 +49,7 @@ def test_mu1_beta0_gradient_is_reinforce_with_group_baseline(tiny_model):
     is_masked = grpo.prompt_mask(0, 7, 0, ro.prompt_ids.shape, 0.15, "cpu")
     old = grpo.chunked_logps(model, ro, is_masked, MASK, chunk_size=4)
     n_tokens = loss_mask.sum()
-    logp = grpo.sequence_logps(model, ro, is_masked, MASK)
+    logp = sequence_logps(model, ro, is_masked, MASK)
     loss, _ = grpo.grpo_loss(logp, old, old, advantages, loss_mask, eps=0.2, beta=0.0, n_tokens=n_tokens)
     loss.backward()
     got = [p.grad.clone() for p in model.parameters()]
@@ -119,7 +120,7 @@ def test_chunked_logps_equal_one_big_pass(tiny_model):
     model, ro = tiny_model(), fake_rollout(N=10)
     is_masked = grpo.prompt_mask(0, 1, 0, ro.prompt_ids.shape, 0.15, "cpu")
     with torch.no_grad():
-        whole = grpo.sequence_logps(model, ro, is_masked, MASK)
+        whole = sequence_logps(model, ro, is_masked, MASK)
     torch.testing.assert_close(grpo.chunked_logps(model, ro, is_masked, MASK, chunk_size=4), whole)
 
 

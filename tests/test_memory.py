@@ -2,6 +2,7 @@
 by hand, the activation formula against the tensors autograd really saves, the rollout's and the
 loss's logits against the peak memory of a CPU process, the refusal, and its command line (train.py
 --plan=MODEL); and bench.py --fullscale run small on CPU."""
+import functools
 import json
 import subprocess
 import sys
@@ -328,3 +329,19 @@ def test_bench_fullscale_runs_small_on_cpu_and_refuses_the_8b_there():
         bad = run("bench.py", "--fullscale", "--device=cpu")
         assert bad.returncode == 1 and "--fullscale needs a CUDA GPU" in bad.stderr
         assert "--model=tiny runs it small on CPU" in bad.stderr
+
+
+def test_the_estimators_extra_passes_scale_the_update_not_the_no_grad_log_probs():
+    """--estimator=coupled keeps 2 passes' activations until backward (elbo: K), as twice the rows
+    would; the no-grad log-probs run one pass at a time, so that phase does not grow."""
+    base = dict(lora_r=128, lora_targets=RL_TARGETS, logp_chunk=3, questions_per_step=1, gen_length=256,
+                max_prompt_length=200, checkpointing=True)
+    plan = functools.partial(memory.memory_plan, LLADA, "grpo", weights_dtype=torch.bfloat16)
+    d1 = plan(SimpleNamespace(**base))
+    twice = plan(SimpleNamespace(**{**base, "logp_chunk": 6}))
+    coupled = plan(SimpleNamespace(**base, estimator="coupled"))
+    elbo = plan(SimpleNamespace(**base, estimator="elbo", elbo_samples=3))
+    assert (coupled.activations, coupled.logits) == (twice.activations, twice.logits)
+    assert coupled.activations > d1.activations and elbo.logits == 3 * d1.logits
+    assert coupled.logp_forward == elbo.logp_forward == d1.logp_forward
+    assert "log-prob chunk 3 x 2 passes" in coupled.notes["activations"] and "logp_chunk 3," in coupled.title
