@@ -3,7 +3,8 @@ d1's full-scale steps, timed and measured: one diffu-GRPO step (1 question x G c
 and one SFT step with the d1 presets of grpo.py and sft.py (LoRA, activation checkpointing, bf16) on
 random LLaDA-8B weights, split into the GRPO step's rollout (Algorithm 1 line 5), old and reference
 log-probs (line 8) and update (line 9). Beside each part's seconds it prints the peak GPU memory the
-part allocated and memory.py's plan for the same shapes, so the plan can be checked on a real card.
+part allocated and memory.py's plan for the same shapes, so the plan can be checked on a real card,
+and it ends with the GPU-hours d1's whole runs would take at that speed, beside d1's own.
 
     python bench.py --fullscale                       # GPU: LLaDA-8B shapes (d1: 6 x (200 + 256) tokens, 4,096 SFT)
     python bench.py --fullscale --model=tiny --device=cpu --gen_length=32 --prompt_length=16 --sft_len=64
@@ -26,8 +27,8 @@ import torch
 from common import ConfigError, autocast, make_optimizer, row_slices
 from diffusion import check_sampler, diffusion_loss, generate
 from eval import Completions
-from grpo import (GRPOConfig, chunked_logps, completion_mask, d1_grpo_preset, group_advantages, policy_update,
-                  prompt_mask)
+from grpo import (D1_STEPS, GRPOConfig, chunked_logps, completion_mask, d1_grpo_preset, group_advantages,
+                  policy_update, prompt_mask)
 from lora import adapters_off, add_lora, merge_lora
 from memory import GB, memory_plan
 from model import Model
@@ -207,7 +208,34 @@ def bench_fullscale(cfg, device, shapes):
     print(f"\nThe plan's column: weights + optimizer state + that part, without the allowance; "
           f"torch.cuda.max_memory_allocated does not see the CUDA context or fragmentation. With the "
           f"allowance memory.py asks for {plan.total / GB:.2f} GB (GRPO) and {sft_plan.total / GB:.2f} GB (SFT).")
+    print_d1_gpu_hours(cfg, device, {part: seconds for part, (seconds, _) in parts.items()}, seconds, s)
     return rows
+
+
+D1_GPU_HOURS = "8 A100-80G for 1 to 2 days per task: 192 to 384 GPU-hours"  # d1's reported RL scale
+
+
+def print_d1_gpu_hours(cfg, device, grpo_parts, sft_seconds, s):
+    """d1's whole runs at the speed just measured, in GPU-hours, beside what d1's took.
+
+    A d1 RL step (grpo.d1_grpo_preset) is one rollout round of 16 questions and mu updates; each
+    question costs one GPU its rollout, and per update its old + reference log-probs and its share of
+    the update: the seconds measured above for 1 question with mu = 1. So one step is
+    16 x (rollout + mu x (log-probs + update)) GPU-seconds, on any number of GPUs. SFT: steps x
+    batch rows of one measured row each. An estimate: it ignores communication and evaluation."""
+    if cfg.d_model != 4096:
+        print(f"\nGPU-hours of d1's runs: only estimated for --model=llada-8b (this is {args_name(cfg)}).")
+        return
+    rollout, logps, update = grpo_parts["rollout"], grpo_parts["log-probs"], grpo_parts["update"]
+    print(f"\nd1's runs at this speed, on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}:")
+    print("| run | steps | GPU-hours (estimate) |\n|---|---|---|")
+    for task in D1_STEPS:
+        preset = d1_grpo_preset({"task": task})
+        step_seconds = preset["questions_per_step"] * (rollout + preset["mu"] * (logps + update))
+        hours = preset["steps"] * step_seconds / 3600
+        print(f"| diffu-GRPO {task} (mu {preset['mu']}) | {preset['steps']} | {hours:,.0f} |")
+    print(f"| SFT on s1K | {s.steps} x {s.batch_size} rows | {s.steps * s.batch_size * sft_seconds / 3600:,.0f} |")
+    print(f"d1's RL runs took {D1_GPU_HOURS}.")
 
 
 def args_name(cfg):

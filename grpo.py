@@ -4,7 +4,8 @@ Stage 3, diffu-GRPO (d1 paper, Sec. 3.2 and Algorithm 1): policy-gradient RL for
     python train.py --stage grpo                       # from checkpoints/tiny-sft.pt
     python train.py --stage grpo --init=checkpoints/tiny-base.pt --out_dir=out/grpo-from-base
     python train.py --stage grpo --remasking=low_confidence         # d1's rollouts (deviation 5)
-    python train.py --stage grpo --cache=prefix --threshold=0.9     # faster rollouts (Fast-dLLM; not d1's)
+    python train.py --stage grpo --cache=none                       # d1's sampler for the rollouts (deviation 7)
+    python train.py --stage grpo --threshold=0.9                     # also parallel decoding (Fast-dLLM)
     torchrun --nproc_per_node=8 train.py --stage grpo ...            # 8 processes (GPUs), the same run
 
 GRPO needs log pi(o_k | q, o_<k) per token. An autoregressive model gives that in one forward
@@ -46,10 +47,14 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
      same whichever process samples it, in whatever batch (see "Several processes" below). d1's
      code samples each process's batch with one generator.
 
-Optional and off by default (d1 samples without them): --cache and --threshold sample the rollouts
-with Fast-dLLM's approximate KV cache and parallel decoding (diffusion.generate). With random
-remasking a step commits one random masked token of the block, plus every one whose sampled token
-has a probability above the threshold. The log line then ends with the rollout's sampler steps.
+  7. The tiny run's rollouts read Fast-dLLM's approximate dual KV cache (cache="dual",
+     diffusion.generate): 3x faster rollouts, so the default run fits 10 minutes on 2 cores, with the
+     same rise of the reward curve as d1's sampler (README, "Fast sampling"). --cache=none gives
+     d1's sampler; --preset=d1 uses it.
+
+--threshold adds Fast-dLLM's parallel decoding (off by default): with random remasking a step commits
+one random masked token of the block, plus every one whose sampled token has a probability above
+the threshold. With either option the log line ends with the rollout's sampler steps.
 --estimator=coupled or elbo replaces line 8's one-step estimator by later work's (estimators.py:
 complementary masks, DiffuCoder; a K-sample ELBO with a sequence-level ratio, ESPO), at 2 or K
 forward passes per log-prob instead of 1.
@@ -91,7 +96,9 @@ from tasks_d1 import D1_TASK_NAMES, d1_task
 from tasks_tiny import get_tiny_tasks
 
 
-D1_STEPS = {"gsm8k": 7700, "math": 6600, "countdown": 5000, "sudoku": 3800}  # d1's runs, stopped by hand
+# d1's runs, stopped by hand, in OPTIMIZER steps. Each rollout round is reused for mu of them, and a
+# step here is one round with its mu updates, so d1's run is D1_STEPS / mu of our steps (GSM8K: 642).
+D1_STEPS = {"gsm8k": 7700, "math": 6600, "countdown": 5000, "sudoku": 3800}
 
 
 def d1_grpo_preset(given):
@@ -100,22 +107,22 @@ def d1_grpo_preset(given):
     task = given.get("task")
     if task not in D1_STEPS:
         raise ConfigError(f"--preset=d1 needs --task, one of {', '.join(D1_STEPS)} (d1's mu and steps depend on it)")
+    mu = 12 if task in ("gsm8k", "math") else 8  # d1: 12 for GSM8K and MATH, 8 for Countdown and Sudoku
     return {
         "lora_r": 128, "lora_alpha": 64.0, "lora_dropout": 0.05,  # d1's run scripts
         "lora_targets": "q_proj,k_proj,v_proj,up_proj",  # d1 (the other names its code lists are not in LLaDA)
         "lr": 3e-6,  # d1's scripts (the paper's text says 5e-6)
         "betas": (0.9, 0.99), "weight_decay": 0.1, "grad_clip": 0.2,  # d1
         "warmup_steps": 5, "min_lr_ratio": 1.0,  # d1: constant schedule after a tiny warmup
-        "steps": D1_STEPS[task],
+        "steps": round(D1_STEPS[task] / mu), "mu": mu,  # d1's optimizer steps, as rollout rounds of mu updates
         "questions_per_step": 16,  # d1: 8 GPUs x 1 question x 2 accumulation steps
         "group_size": 6, "gen_length": 256, "block_length": 32, "diffusion_steps": 128,  # d1's rollouts
-        "temperature": 0.9, "remasking": "low_confidence",  # d1's rollouts
+        "temperature": 0.9, "remasking": "low_confidence", "cache": None,  # d1's rollouts (no cache)
         "max_prompt_length": 200,  # d1 cuts longer prompts from the left
-        "mu": 12 if task in ("gsm8k", "math") else 8,  # d1: 12 for GSM8K and MATH, 8 for Countdown and Sudoku
         "p_mask_prompt": 0.15, "epsilon": 0.5, "beta": 0.04,  # d1's run scripts
         "rollout_batch": 6, "logp_chunk": 6,  # one question's group per forward, as d1's one per GPU
         "checkpointing": True,  # memory for one GPU (memory.py)
-        "sample_every": 50, "ckpt_every": 100,  # d1 evaluates every 100 steps
+        "sample_every": round(100 / mu), "ckpt_every": round(100 / mu),  # d1 evaluates every 100 optimizer steps
     }
 
 
@@ -125,7 +132,7 @@ class GRPOConfig(FinetuneConfig):
 
     init: str = "checkpoints/tiny-sft.pt"  # d1 runs RL on the merged SFT model (or on the base)
     out_dir: str = "out/grpo"  # ckpt.pt, metrics.jsonl and reward_curve.png go here
-    steps: int = 50  # tiny (d1: 3,800-7,700 steps on 8 A100s)
+    steps: int = 50  # rollout rounds of mu updates each; tiny (d1: 475-642 rounds on 8 A100s)
     questions_per_step: int = 9  # tiny: 3 per task, so every step mixes the tasks alike (d1: 16, one task)
     group_size: int = 6  # G, d1
     gen_length: int = 96  # tiny: the longest SFT trace (Sudoku, 94 tokens with <|eot_id|>) fits (d1: 256)
@@ -133,7 +140,7 @@ class GRPOConfig(FinetuneConfig):
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
     remasking: str = "random"  # tiny (d1: low_confidence): deviation 5 in this file's docstring
-    cache: str | None = None  # rollouts' KV cache: none (d1), prefix or dual (Fast-dLLM, approximate)
+    cache: str | None = "dual"  # rollouts' KV cache: tiny (d1: none); prefix or dual (Fast-dLLM): deviation 7
     threshold: float | None = None  # rollouts' parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1)
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used)

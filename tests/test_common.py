@@ -103,7 +103,8 @@ def test_help_lists_every_key_with_its_default_and_comment(cls):
 
 def test_help_takes_the_subclass_comment_and_exits(capsys):
     text = config_help(GRPOConfig)
-    assert re.search(r"--steps=50 +tiny \(d1: 3,800-7,700 steps on 8 A100s\)$", text, re.M)  # not "optimizer steps"
+    assert re.search(r"--steps=50 +rollout rounds of mu updates each; tiny \(d1: 475-642 rounds on 8 A100s\)$",
+                     text, re.M)  # the subclass's comment, not FinetuneConfig's "optimizer steps"
     assert re.search(r"--betas=0.9,0.99 +AdamW \(d1\)$", text, re.M)
     assert re.search(r"--lr=0.001 +peak learning rate$", config_help(PretrainConfig), re.M)
     with pytest.raises(SystemExit) as info:

@@ -292,7 +292,7 @@ def test_train_plan_prints_the_plan_and_the_fits_table(tmp_path):
         ("train.py", "--stage", "grpo", "--lora_r=128", f"--lora_targets={RL_TARGETS}", "--lora_dropout=0.05",
          "--gen_length=256", "--diffusion_steps=128", "--max_prompt_length=200", "--questions_per_step=16",
          "--rollout_batch=6", "--plan", "llada-8b", "--logp_chunk=6", "--remasking=low_confidence", "--checkpointing",
-         "--mu=12"),
+         "--mu=12", "--cache=none"),
         ("train.py", "--stage", "grpo", "--preset=d1", "--task=gsm8k", "--plan=llada-8b"),
         ("train.py", "--stage=sft", "--preset=d1", f"--plan={folder}"))
     for result in (sft, grpo, d1, fp32):
@@ -325,10 +325,26 @@ def test_bench_fullscale_runs_small_on_cpu_and_refuses_the_8b_there():
     for part in ("GRPO rollout", "GRPO log-probs", "GRPO update", "GRPO step", "SFT step"):
         assert f"| {part} " in out.stdout, part
     assert "n/a (CPU)" in out.stdout and "memory.py asks for" in out.stdout
+    assert "GPU-hours of d1's runs: only estimated for --model=llada-8b (this is 4-layer d=256)" in out.stdout
     if not torch.cuda.is_available():
         bad = run("bench.py", "--fullscale", "--device=cpu")
         assert bad.returncode == 1 and "--fullscale needs a CUDA GPU" in bad.stderr
         assert "--model=tiny runs it small on CPU" in bad.stderr
+
+
+def test_d1_gpu_hours_from_one_questions_measured_seconds(capsys):
+    """bench.py --fullscale's estimate: a d1 step is 16 questions x (rollout + mu x (log-probs + update))
+    GPU-seconds, for d1's number of steps (optimizer steps / mu); SFT is steps x rows x one row's time."""
+    from bench_fullscale import print_d1_gpu_hours
+    parts = {"rollout": 20.0, "log-probs": 0.25, "update": 0.75}
+    print_d1_gpu_hours(LLADA, torch.device("cpu"), parts, 2.0, SimpleNamespace(steps=2460, batch_size=8))
+    out = capsys.readouterr().out
+    gsm8k = 642 * 16 * (20.0 + 12 * 1.0) / 3600  # 7,700 optimizer steps / mu 12 = 642 steps
+    sudoku = 475 * 16 * (20.0 + 8 * 1.0) / 3600  # 3,800 / mu 8 = 475
+    assert f"| diffu-GRPO gsm8k (mu 12) | 642 | {gsm8k:,.0f} |" in out
+    assert f"| diffu-GRPO sudoku (mu 8) | 475 | {sudoku:,.0f} |" in out
+    assert f"| SFT on s1K | 2460 x 8 rows | {2460 * 8 * 2.0 / 3600:,.0f} |" in out
+    assert "192 to 384 GPU-hours" in out
 
 
 def test_the_estimators_extra_passes_scale_the_update_not_the_no_grad_log_probs():
