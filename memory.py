@@ -340,7 +340,8 @@ def _plan(config, weights_dtype, k):
         shape = f"micro-batch {rows} x {T} tokens"
     else:
         rows, T, scored = k["logp_chunk"] * k["passes"], k["P"] + k["C"], k["C"]  # passes kept until backward
-        shape = f"log-prob chunk {k['logp_chunk']} x {k['passes']} passes x ({k['P']} + {k['C']}) tokens"
+        passes = f", {k['passes']} passes each (--estimator)" if k["passes"] > 1 else ""
+        shape = f"log-prob chunk {k['logp_chunk']} x ({k['P']} + {k['C']}) tokens{passes}"
     act = activation_bytes(config, rows, T, c, s, w, k["lora_r"], k["targets"], k["checkpointing"], k["dropout"])
     plan.activations = act["saved"] + act["backward"]
     how = (f"{config.n_layers} block inputs + 1 block's saved tensors (checkpointing)" if k["checkpointing"]

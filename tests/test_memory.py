@@ -360,4 +360,5 @@ def test_the_estimators_extra_passes_scale_the_update_not_the_no_grad_log_probs(
     assert (coupled.activations, coupled.logits) == (twice.activations, twice.logits)
     assert coupled.activations > d1.activations and elbo.logits == 3 * d1.logits
     assert coupled.logp_forward == elbo.logp_forward == d1.logp_forward
-    assert "log-prob chunk 3 x 2 passes" in coupled.notes["activations"] and "logp_chunk 3," in coupled.title
+    assert "log-prob chunk 3 x (200 + 256) tokens, 2 passes each" in coupled.notes["activations"]
+    assert "logp_chunk 3," in coupled.title and "passes" not in d1.notes["activations"]
