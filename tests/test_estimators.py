@@ -4,6 +4,8 @@ inner update, each estimate against a hand-built one, the ELBO against diffusion
 2-step GRPO run with each estimator, and bad values refused."""
 import json
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +17,9 @@ import train
 from common import row_slices
 from diffusion import EPS, log_likelihood, masked_token_ce
 from estimators import ESTIMATORS, chunked_logps, completion_weights, estimate_logps, loss_logps, prompt_mask
-from tasks import Task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_grpo import SayO  # noqa: E402  (one fixed question, reward 1.0 for an answer with an "o")
 
 MASK, EOS = 60, 61  # the small model's [MASK] and EOS ids (tests/conftest.py, SMALL)
 CPU = torch.device("cpu")
@@ -221,25 +225,6 @@ def test_the_elbo_enters_the_loss_as_one_clipped_ratio_per_sequence():
 
 
 # -- end to end, and bad values ----------------------------------------------------------------------
-
-
-class SayO(Task):
-    """One fixed question, reward 1.0 for an answer with an "o" (test_grpo.py's task)."""
-    name = "say-o"
-
-    def examples(self, split, n=None):
-        return ["the only question"]
-
-    def rl_prompt(self, example):
-        return "Say something with an o."
-
-    eval_prompt = rl_prompt
-
-    def rewards(self, completion, example):
-        return {"has_o": self.correct(completion, example)}
-
-    def correct(self, completion, example):
-        return float("o" in completion)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
