@@ -27,8 +27,8 @@ import torch
 from common import ConfigError, autocast, make_optimizer, row_slices
 from diffusion import check_sampler, diffusion_loss, generate
 from eval import Completions
-from grpo import (D1_STEPS, GRPOConfig, chunked_logps, completion_mask, d1_grpo_preset, group_advantages,
-                  policy_update, prompt_mask)
+from estimators import chunked_logps, prompt_mask
+from grpo import D1_STEPS, GRPOConfig, completion_mask, d1_grpo_preset, group_advantages, policy_update
 from lora import adapters_off, add_lora, merge_lora
 from memory import GB, memory_plan
 from model import Model

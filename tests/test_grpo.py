@@ -3,6 +3,7 @@ rollouts (eval.complete with the RL prompt), and a few GRPO steps that raise a q
 import torch
 import torch.nn.functional as F
 
+import estimators
 import grpo
 from checkpoint import load_model
 from estimators import sequence_logps
@@ -46,8 +47,8 @@ def test_mu1_beta0_gradient_is_reinforce_with_group_baseline(tiny_model):
     """ratio = 1 at the first update: grad = -(1/n_tokens) sum_i A_i sum_k grad log p(o_ik)."""
     model, ro = tiny_model(), fake_rollout()
     advantages, loss_mask = grpo.group_advantages(ro.reward, 2), grpo.completion_mask(ro.completion_ids, EOS)
-    is_masked = grpo.prompt_mask(0, 7, 0, ro.prompt_ids.shape, 0.15, "cpu")
-    old = grpo.chunked_logps(model, ro, is_masked, MASK, chunk_size=4)
+    is_masked = estimators.prompt_mask(0, 7, 0, ro.prompt_ids.shape, 0.15, "cpu")
+    old = estimators.chunked_logps(model, ro, is_masked, MASK, chunk_size=4)
     n_tokens = loss_mask.sum()
     logp = sequence_logps(model, ro, is_masked, MASK)
     loss, _ = grpo.grpo_loss(logp, old, old, advantages, loss_mask, eps=0.2, beta=0.0, n_tokens=n_tokens)
@@ -97,9 +98,9 @@ def test_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
 def test_estimator_masks_every_completion_slot_and_prompt_at_rate_p(tiny_model, record_inputs):
     ro = fake_rollout(N=64, P=50, C=7)
     model = tiny_model()
-    is_masked = grpo.prompt_mask(3, 11, 0, ro.prompt_ids.shape, 0.15, "cpu")
+    is_masked = estimators.prompt_mask(3, 11, 0, ro.prompt_ids.shape, 0.15, "cpu")
     with record_inputs(model) as seen:
-        grpo.chunked_logps(model, ro, is_masked, MASK, chunk_size=16)
+        estimators.chunked_logps(model, ro, is_masked, MASK, chunk_size=16)
     x = torch.cat(seen)
     assert len(seen) == 4  # 64 rows in chunks of 16
     assert (x[:, 50:] == MASK).all()  # every completion position
@@ -109,19 +110,19 @@ def test_estimator_masks_every_completion_slot_and_prompt_at_rate_p(tiny_model, 
 
 
 def test_prompt_mask_is_a_pure_function_of_seed_step_and_inner_update():
-    a = grpo.prompt_mask(5, 1, 2, (8, 40), 0.15, "cpu")
-    assert torch.equal(a, grpo.prompt_mask(5, 1, 2, (8, 40), 0.15, "cpu"))
-    assert not torch.equal(a, grpo.prompt_mask(5, 1, 3, (8, 40), 0.15, "cpu"))  # another inner update
-    assert not torch.equal(a, grpo.prompt_mask(5, 2, 2, (8, 40), 0.15, "cpu"))  # another step
-    assert not torch.equal(a, grpo.prompt_mask(6, 1, 2, (8, 40), 0.15, "cpu"))  # another seed
+    a = estimators.prompt_mask(5, 1, 2, (8, 40), 0.15, "cpu")
+    assert torch.equal(a, estimators.prompt_mask(5, 1, 2, (8, 40), 0.15, "cpu"))
+    assert not torch.equal(a, estimators.prompt_mask(5, 1, 3, (8, 40), 0.15, "cpu"))  # another inner update
+    assert not torch.equal(a, estimators.prompt_mask(5, 2, 2, (8, 40), 0.15, "cpu"))  # another step
+    assert not torch.equal(a, estimators.prompt_mask(6, 1, 2, (8, 40), 0.15, "cpu"))  # another seed
 
 
 def test_chunked_logps_equal_one_big_pass(tiny_model):
     model, ro = tiny_model(), fake_rollout(N=10)
-    is_masked = grpo.prompt_mask(0, 1, 0, ro.prompt_ids.shape, 0.15, "cpu")
+    is_masked = estimators.prompt_mask(0, 1, 0, ro.prompt_ids.shape, 0.15, "cpu")
     with torch.no_grad():
         whole = sequence_logps(model, ro, is_masked, MASK)
-    torch.testing.assert_close(grpo.chunked_logps(model, ro, is_masked, MASK, chunk_size=4), whole)
+    torch.testing.assert_close(estimators.chunked_logps(model, ro, is_masked, MASK, chunk_size=4), whole)
 
 
 # -- the questions and rollouts of a step --------------------------------------------------------
