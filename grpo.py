@@ -55,6 +55,9 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
 --threshold adds Fast-dLLM's parallel decoding (off by default): with random remasking a step commits
 one random masked token of the block, plus every one whose sampled token has a probability above
 the threshold. With either option the log line ends with the rollout's sampler steps.
+--resample_rounds=N adds DAPO's dynamic sampling (Yu et al. 2025, off by default): a group whose G
+rewards tie has zero advantage, so it is replaced by G completions of a stand-in question of the
+same task, up to N times per step; the logged reward is then that of the rows trained on.
 --estimator=coupled or elbo replaces line 8's one-step estimator by later work's (estimators.py:
 complementary masks, DiffuCoder; a K-sample ELBO with a sequence-level ratio, ESPO), at 2 or K
 forward passes per log-prob instead of 1.
@@ -76,7 +79,7 @@ running the same step, to float rounding. Rank 0 alone prints and writes.
 import copy
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -146,6 +149,7 @@ class GRPOConfig(FinetuneConfig):
     p_mask_prompt: float = 0.15  # d1's runs (its dataclass default 0.3 was not used)
     estimator: str = "d1"  # line 8's log-probs: d1 (one step), coupled or elbo (later work; estimators.py)
     elbo_samples: int = 2  # K, forward passes per log-prob of --estimator=elbo (tiny choice)
+    resample_rounds: int = 0  # dynamic sampling (DAPO): up to N more rollouts replace tied groups; 0 = off (d1)
     epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
     beta: float = 0.04  # KL weight, d1
     scale_rewards_by_std: bool = False  # d1 runs without std division (Dr. GRPO style)
@@ -177,8 +181,12 @@ class GRPOConfig(FinetuneConfig):
             raise ConfigError(f"--threshold={self.threshold} with --fsdp=true: parallel decoding ends each process's "
                               "rollout after its own number of forward passes, and sharded weights need every "
                               "process in each; drop --threshold or --fsdp")
+        if self.fsdp and self.resample_rounds:  # the same reason: each process resamples its own groups
+            raise ConfigError(f"--resample_rounds={self.resample_rounds} with --fsdp=true: each process resamples "
+                              "its own tied groups, a different number of rollouts on each, and sharded weights "
+                              "need every process in each forward; drop --resample_rounds or --fsdp")
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk", "elbo_samples")
-        check_range(self, 0, None, "rollout_batch", "max_prompt_length")
+        check_range(self, 0, None, "rollout_batch", "max_prompt_length", "resample_rounds")
         check_split(self.questions_per_step, "questions per step (--questions_per_step)")  # over torchrun's processes
         if self.task:
             check_choice("task", self.task, D1_TASK_NAMES)
@@ -221,26 +229,72 @@ def check_fits(cfg, longest, context):
 # The pieces of Algorithm 1
 
 
-def grpo_questions(step, cfg, pools):
+def grpo_questions(step, cfg, pools, resample_round=0):
     """Lines 3-4: the questions of a step, a pure function of (seed, step); the tasks take turns.
 
-    pools: [(task, its training examples)]. Returns [(task, example)]."""
+    pools: [(task, its training examples)]. Returns [(task, example)]. resample_round r > 0 gives
+    dynamic sampling's stand-ins: question q of round r is drawn from q's task, seeded by
+    (seed, step, q, r), so it is the same whichever process asks for it."""
     rng = random.Random(mix_seed(cfg.seed, step))
     picks = []
-    for i in range(cfg.questions_per_step):
-        task, examples = pools[(step * cfg.questions_per_step + i) % len(pools)]
+    for q in range(cfg.questions_per_step):
+        task, examples = pools[(step * cfg.questions_per_step + q) % len(pools)]
+        if resample_round:
+            rng = random.Random(mix_seed(cfg.seed, step, q, resample_round))
         picks.append((task, rng.choice(examples)))
     return picks
 
 
-def rollout_generators(seed, step, questions, G, device):
+def rollout_generators(seed, step, questions, G, device, resample_round=0):
     """Line 5's noise: one generator per rollout row, row i of question q seeded by (seed, step, q, i),
     q the question's number in the step. Rows of questions [2, 3] with G = 3:
         (seed, step, 2, 0) (seed, step, 2, 1) (seed, step, 2, 2) (seed, step, 3, 0) ...
     A row's samples then depend on nothing else: not on the process that draws them, nor on the
-    other rows of its sampler call. (mod 2^64: torch seeds are 64-bit; mix_seed's can be longer.)"""
-    return [torch.Generator(device=device).manual_seed(mix_seed(seed, step, q, i) % 2**64)
+    other rows of its sampler call. Dynamic sampling's round r > 0 seeds (seed, step, q, i, r).
+    (mod 2^64: torch seeds are 64-bit; mix_seed's can be longer.)"""
+    extra = (resample_round,) if resample_round else ()
+    return [torch.Generator(device=device).manual_seed(mix_seed(seed, step, q, i, *extra) % 2**64)
             for q in questions for i in range(G)]
+
+
+def rollout(model, tok, questions, numbers, step, P, cfg, device, resample_round=0):
+    """Line 5: G completions of each (task, example) of `questions`, whose numbers in the step are
+    `numbers`, sampled as cfg says, every prompt left-padded to P tokens. Returns eval.Completions."""
+    G = cfg.group_size
+    return complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
+                    block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
+                    remasking=cfg.remasking, prompt="rl", cache=cfg.cache, threshold=cfg.threshold,
+                    generator=rollout_generators(cfg.seed, step, numbers, G, device, resample_round),
+                    max_prompt_length=cfg.max_prompt_length or None, pad_to=P,
+                    batch_size=cfg.rollout_batch or None)
+
+
+def tied_groups(rewards, G):
+    """The numbers of the groups whose G rewards are all equal: zero advantage, nothing to learn."""
+    return (rewards.view(-1, G).std(dim=1) < 1e-6).nonzero().flatten().tolist()
+
+
+def replace_groups(ro, groups, fresh, G):
+    """Dynamic sampling: the rollout `ro` with the rows of `groups` (group numbers, G rows each)
+    replaced, in order, by the rows of `fresh` (eval.Completions of len(groups) x G rows)."""
+    rows = [g * G + i for g in groups for i in range(G)]
+
+    def put(old, new):  # old with rows `rows` set to new's
+        out = old.clone()
+        out[torch.tensor(rows, device=old.device)] = new.to(old.device)
+        return out
+
+    texts = list(ro.texts)
+    for k, row in enumerate(rows):
+        texts[row] = fresh.texts[k]
+    names = list(dict.fromkeys([*ro.rewards, *fresh.rewards]))  # tasks may name different rewards
+    zeros = torch.zeros(len(rows))
+    rewards = {n: put(ro.rewards.get(n, torch.zeros(len(ro.texts))), fresh.rewards.get(n, zeros)) for n in names}
+    return replace(ro, prompt_ids=put(ro.prompt_ids, fresh.prompt_ids),
+                   prompt_attention=put(ro.prompt_attention, fresh.prompt_attention),
+                   completion_ids=put(ro.completion_ids, fresh.completion_ids), texts=texts, rewards=rewards,
+                   reward=put(ro.reward, fresh.reward), correct=put(ro.correct, fresh.correct),
+                   well_formed=put(ro.well_formed, fresh.well_formed), steps=ro.steps + fresh.steps)
 
 
 def group_advantages(rewards, group_size, scale_by_std=False):
@@ -361,15 +415,21 @@ def train_grpo(cfg: GRPOConfig):
         # process knows the whole step's questions; it samples its own, padded to the step's longest.
         tick = time.time()
         model.eval()
-        questions = grpo_questions(step, cfg, pools)
-        P = prompt_length(cfg, tok, questions)
+        # Dynamic sampling (--resample_rounds): round r replaces each group whose rewards tie with G
+        # completions of its stand-in question r; every round's prompts are padded to one length.
+        rounds = [grpo_questions(step, cfg, pools, r) for r in range(cfg.resample_rounds + 1)]
+        P = prompt_length(cfg, tok, [q for questions in rounds for q in questions])
+        resampled = 0
         with autocast(device, cfg.dtype):
-            ro = complete(model, tok, [q for q in questions[mine] for _ in range(G)], gen_length=cfg.gen_length,
-                          block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                          remasking=cfg.remasking, prompt="rl", cache=cfg.cache, threshold=cfg.threshold,
-                          generator=rollout_generators(cfg.seed, step, range(mine.start, mine.stop), G, device),
-                          max_prompt_length=cfg.max_prompt_length or None, pad_to=P,
-                          batch_size=cfg.rollout_batch or None)  # N = my questions x G rows
+            ro = rollout(model, tok, rounds[0][mine], range(mine.start, mine.stop), step, P, cfg,
+                         device)  # N = my questions x G rows
+            for r in range(1, len(rounds)):
+                tied = tied_groups(ro.reward, G)  # numbers among my questions
+                if not tied:
+                    break
+                numbers = [mine.start + g for g in tied]
+                fresh = rollout(model, tok, [rounds[r][q] for q in numbers], numbers, step, P, cfg, device, r)
+                ro, resampled = replace_groups(ro, tied, fresh, G), resampled + len(tied)
 
         # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
         advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
@@ -403,7 +463,8 @@ def train_grpo(cfg: GRPOConfig):
 
         # Log (every process's rows pooled), show the best and worst completion now and then, checkpoint.
         done = step + 1
-        row = grpo_metrics(pool_processes(ro, loss_mask, sums), G, mu, seconds)
+        counts = {**sums, "resampled": resampled} if cfg.resample_rounds else sums
+        row = grpo_metrics(pool_processes(ro, loss_mask, counts), G, mu, seconds)
         metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)  # rank 0 writes
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -436,12 +497,13 @@ def pool_processes(ro, loss_mask, sums):
 def grpo_metrics(pooled, G, mu, seconds):
     """The health metrics of one GRPO step (d1 logs the same ones), from pool_processes()."""
     n_tokens = pooled["length"].sum().clamp(min=1).item()
-    group_std = pooled["reward"].view(-1, G).std(dim=1)  # (questions,)
+    tied_share = len(tied_groups(pooled["reward"], G)) / (pooled["reward"].numel() // G)  # of the groups
     row = {"reward": pooled["reward"].mean().item(), "reward_std": pooled["reward"].std().item(),
-           "accuracy": pooled["correct"].mean().item(), "zero_std_share": (group_std < 1e-6).float().mean().item(),
+           "accuracy": pooled["correct"].mean().item(), "zero_std_share": tied_share,
            "kl": pooled["kl"] / (n_tokens * mu), "clip_ratio": pooled["clipped"] / (n_tokens * mu),
            "loss": pooled["loss"] / mu, "completion_length": pooled["length"].float().mean().item(),
            "rollout_steps": pooled["steps"],
+           **({"resampled": pooled["resampled"]} if "resampled" in pooled else {}),  # groups replaced
            **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
     for name, values in pooled["rewards"].items():
         row[f"reward/{name}"] = values.mean().item()
@@ -451,12 +513,14 @@ def grpo_metrics(pooled, G, mu, seconds):
 
 def grpo_log_line(step, row, fast=False):
     """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update. With the
-    fast sampler (fast=True) it ends with the rollout's sampler steps (d1's: diffusion_steps)."""
+    fast sampler (fast=True) it ends with the rollout's sampler steps (d1's: diffusion_steps), with
+    dynamic sampling with the number of tied groups replaced."""
     return (f"grpo step {step:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
             f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
             f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "
             f"s {row['seconds_rollout']:.1f}+{row['seconds_logps']:.1f}+{row['seconds_update']:.1f}"
-            + (f" | steps {row['rollout_steps']}" if fast else ""))
+            + (f" | steps {row['rollout_steps']}" if fast else "")
+            + (f" | resampled {row['resampled']}" if "resampled" in row else ""))
 
 
 def print_best_and_worst(ro, G):
