@@ -52,7 +52,7 @@ def masked_token_ce(logits, targets, is_masked):
     return ce
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None, answers=None):
     """LLaDA's masked-diffusion loss, for pretraining and for SFT (LLaDA paper, Sec. 2.1 and 2.3;
     d1 paper, Sec. 3.1): noise x0, predict the masked tokens, weight each one's CE by 1/p.
 
@@ -68,19 +68,30 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None
 
     rows: a slice of the batch to compute (a micro-batch, or one process's share): the noise is
     drawn for the whole batch as always, so the parts sum to the whole-batch loss exactly; the
-    result is that part's contribution, sum over its rows / B."""
+    result is that part's contribution, sum over its rows / B.
+
+    answers: (B, T) bool or None, pretraining's drill rows (pretrain.py, --drill_share): a row with
+    any True is scored at full noise, t = 1: exactly its answer tokens masked, everything else clean,
+    the mean CE of its answers (p = 1, so the 1/p weight is 1). Other rows are noised as above.
+        drill row:  7 + 8 = M M E 3 - 1 = M E ...     "7+8=15", "3-1=2": every answer masked"""
     B, T = x0.shape
     positions = torch.arange(T, device=x0.device)  # (T,)
     is_prompt = positions[None, :] < prompt_lengths[:, None]  # (B, T)
     xt, is_masked, p = forward_process(x0, mask_id, generator=generator)  # the whole batch's noise
+    answer_lengths = (T - prompt_lengths).clamp(min=1).float()  # (B,)
+    if answers is not None:  # drill rows: their answers masked, the rest clean, at p = 1
+        drill = answers.any(dim=1)  # (B,)
+        is_masked = torch.where(drill[:, None], answers, is_masked)
+        is_prompt = is_prompt & ~drill[:, None]
+        p = torch.where(drill[:, None], 1.0, p)
+        answer_lengths = torch.where(drill, answers.sum(dim=1).float(), answer_lengths)
     rows = slice(None) if rows is None else rows
-    x0, xt, is_masked, is_prompt, p = x0[rows], xt[rows], is_masked[rows], is_prompt[rows], p[rows]
+    x0, is_masked, is_prompt, p = x0[rows], is_masked[rows], is_prompt[rows], p[rows]
     is_masked = is_masked & ~is_prompt
-    xt = torch.where(is_prompt, x0, xt)  # restore the prompt
+    xt = torch.where(is_masked, mask_id, x0)  # the prompt (and a drill's questions) clean
     logits = model(xt)  # (b, T, V)
     ce = masked_token_ce(logits, x0, is_masked)  # (b, T)
-    answer_lengths = (T - prompt_lengths[rows]).clamp(min=1).float()  # (b,)
-    return ((ce / p).sum(dim=1) / answer_lengths).sum() / B
+    return ((ce / p).sum(dim=1) / answer_lengths[rows]).sum() / B
 
 
 # -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from common import (MetricsLog, RunConfig, autocast, check_choice, check_range, 
 from diffusion import diffusion_loss
 from eval import complete
 from model import Config, Model
-from tasks_tiny import pretrain_corpus, sample_items
+from tasks_tiny import pretrain_corpus, pretrain_drills, sample_items
 from tokenizer import END_HEADER, Tokenizer
 
 
@@ -42,12 +42,14 @@ class PretrainConfig(RunConfig):
     model: str = "tiny"  # a Config preset name (model.py)
     batch_size: int = 32  # rows per step
     seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
+    drill_share: float = 0.0  # share of rows that pack arithmetic drills, answers scored at full noise; 0 = none
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("model", self.model, tuple(Config.PRESETS))
         check_range(self, 1, None, "batch_size")
         check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
+        check_range(self, 0, 1, "drill_share")
         distributed.check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
 
 
@@ -81,15 +83,41 @@ def pack_rows(texts, tok, seq_len):
     return ids, torch.tensor(prompt_lengths)
 
 
+def pack_drills(drills, tok, seq_len, n_rows):
+    """n_rows rows of (question, answer) drills packed end to end, each followed by EOS: ids
+    (n_rows, seq_len) and answers (n_rows, seq_len), True on each answer and its EOS.
+        ids      7 + 8 = 1 5 E 3 - 1 = 2 E ...
+        answers  . . . . x x x . . . . x x ...      (a drill that would not fit starts the next row)"""
+    rows, answers, row, answer = [], [], [], []
+    while len(rows) < n_rows:
+        question, reply = next(drills)
+        q, a = tok.encode(question), tok.encode(reply) + [tok.eos_id]
+        if len(row) + len(q) + len(a) > seq_len:  # the row is full: pad it with clean EOS
+            rows.append(row + [tok.eos_id] * (seq_len - len(row)))
+            answers.append(answer + [False] * (seq_len - len(answer)))
+            row, answer = [], []
+        row, answer = row + q + a, answer + [False] * len(q) + [True] * len(a)
+    return torch.tensor(rows), torch.tensor(answers)
+
+
 def pretrain_batch(step, cfg, tok):
     """The batch of a step is a pure function of (seed, step): resuming needs no data state.
-    Returns ids (B, T) and prompt lengths (B,) (0 for plain text rows)."""
+    Returns ids (B, T), prompt lengths (B,) (0 for plain text rows) and, with --drill_share, the
+    drill rows' answers (B, T) bool (diffusion_loss scores those rows at full noise), else None.
+    The drill rows come last: round(drill_share * B) of them."""
     docs = iter(pretrain_corpus(seed=mix_seed(cfg.seed, step)))
+    n_text = cfg.batch_size - round(cfg.drill_share * cfg.batch_size)
     ids, prompt_lengths = torch.empty(0, cfg.seq_len, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    while ids.size(0) < cfg.batch_size:
+    while ids.size(0) < n_text:
         more, more_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
         ids, prompt_lengths = torch.cat([ids, more]), torch.cat([prompt_lengths, more_lengths])
-    return ids[: cfg.batch_size], prompt_lengths[: cfg.batch_size]
+    ids, prompt_lengths = ids[:n_text], prompt_lengths[:n_text]
+    if not cfg.drill_share:
+        return ids, prompt_lengths, None
+    drills, answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, cfg.seq_len,
+                                  cfg.batch_size - n_text)
+    answers = torch.cat([torch.zeros_like(ids, dtype=torch.bool), answers])  # (B, T)
+    return torch.cat([ids, drills]), torch.cat([prompt_lengths, torch.zeros(len(drills), dtype=torch.long)]), answers
 
 
 def train_pretrain(cfg: PretrainConfig):
@@ -104,8 +132,9 @@ def train_pretrain(cfg: PretrainConfig):
 def denoising_loop(cfg, stage, model, tok, device, batch_at):
     """The training loop of pretraining and SFT: they differ only in their batches.
 
-    batch_at(step) -> (x0 (B, T) clean rows, prompt lengths (B,)); the prompt of a row is never
-    masked (pretraining's plain rows have prompt length 0, so every token can be).
+    batch_at(step) -> (x0 (B, T) clean rows, prompt lengths (B,), drill answers (B, T) or None);
+    the prompt of a row is never masked (pretraining's plain rows have prompt length 0, so every
+    token can be); a drill row has exactly its answers masked (diffusion_loss).
 
     On N processes (torchrun) every process builds the same whole batch and draws the same noise;
     each computes the loss of its own B/N rows (in micro-batches if asked), and DDP adds up the
@@ -135,7 +164,8 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
     for step in bar:
         # one optimizer step: a fresh batch, a fresh masking of it, the loss, the update
         lr = set_lr(optimizer, step, cfg)
-        x0, prompt_lengths = (t.to(device) for t in batch_at(step))  # (B, T), (B,)
+        x0, prompt_lengths, answers = (t if t is None else t.to(device) for t in batch_at(step))  # (B, T), (B,)
+        drills = {} if answers is None else {"answers": answers}  # pretraining's drill rows (B, T)
         mine = distributed.my_rows(x0.size(0), "rows per step (--batch_size)")  # all rows on one process
         micro_batches = row_slices(mine.stop - mine.start, cfg.micro_batch, start=mine.start)
         loss, noise_state = torch.zeros((), device=device), noise_gen.get_state()
@@ -145,7 +175,8 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
             noise_gen.set_state(noise_state)
             with distributed.sync_gradients(trainer, now=i == len(micro_batches) - 1):  # all-reduce once
                 with autocast(device, cfg.dtype):
-                    part = diffusion_loss(trainer, x0, prompt_lengths, mask_id, generator=noise_gen, rows=rows)
+                    part = diffusion_loss(trainer, x0, prompt_lengths, mask_id, generator=noise_gen, rows=rows,
+                                          **drills)
                 # part = this micro-batch's rows' sum / B. DDP (and FSDP) average the gradients over
                 # the N processes; times N makes that their sum: the gradient of the whole batch's loss.
                 (part * distributed.world()).backward()
@@ -157,23 +188,50 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += x0.numel()
 
-        # log, look at a few samples, checkpoint
+        # log, look at a few samples (pretraining: and at the facts it knows), checkpoint
         done = step + 1
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        looks = cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
+        facts = {}
+        if looks and stage == "pretrain":
+            facts = {"facts": round(fact_accuracy(model, tok, device, cfg.dtype), 4)}
         if done % cfg.log_every == 0 or done == cfg.steps:
             seconds = time.time() - t0
             grad_norm = grad_norm.item()  # (under FSDP a DTensor, replicated: the same on every process)
             tqdm.write(f"{stage} step {done:5d} | loss {loss.item():.4f} | grad norm {grad_norm:.2f} | "
-                       f"lr {lr:.2e} | {tokens_seen / seconds:,.0f} tok/s | {seconds:6.1f}s")
+                       f"lr {lr:.2e} | {tokens_seen / seconds:,.0f} tok/s | {seconds:6.1f}s"
+                       + (f" | facts {facts['facts']:.1%}" if facts else ""))
             metrics.write(stage=stage, step=done, loss=loss.item(), grad_norm=grad_norm, lr=lr,
-                          tokens_per_s=round(tokens_seen / seconds), seconds=round(seconds, 2))
-        if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+                          tokens_per_s=round(tokens_seen / seconds), seconds=round(seconds, 2), **facts)
+        if looks:
             # every process decodes (the others would wait for rank 0 anyway); rank 0 prints
             print_samples(model, tok, samples, device, cfg.dtype)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_run(cfg, stage, model, optimizer, done, noise_gen)  # rank 0 writes the plain model
     finish(cfg, stage, model, optimizer, noise_gen, time.time() - t0, tok)
     return model
+
+
+@torch.no_grad()
+def fact_accuracy(model, tok, device, dtype, n_rows=16):
+    """The share of arithmetic facts the model knows: n_rows rows of packed drills (a fixed set,
+    Arith's and Countdown's ranges), every answer masked at once, read in one forward pass; a
+    fact counts if every token of its answer (and the EOS after it) is right."""
+    seq_len = min(160, model.config.max_sequence_length)
+    was_training = model.training
+    model.eval()
+    ids, answers = (t.to(device) for t in pack_drills(pretrain_drills(seed=-1), tok, seq_len, n_rows))
+    with autocast(device, dtype):
+        right = model(torch.where(answers, model.config.mask_token_id, ids)).argmax(-1) == ids  # (n_rows, T)
+    model.train(was_training)
+    # a fact's answer is a run of True in `answers`: it is known if no token of the run is wrong
+    starts = answers & ~torch.nn.functional.pad(answers, (1, 0))[:, :-1]  # (n_rows, T) first token of each run
+    run = starts.cumsum(dim=1)  # (n_rows, T) the run number of every token
+    wrong = torch.zeros(n_rows, seq_len + 1, device=device).scatter_add_(
+        1, torch.where(answers, run, 0), (answers & ~right).float())[:, 1:]  # wrong tokens per run
+    counts = starts.sum(dim=1)  # (n_rows,) runs per row
+    known = sum(int((wrong[r, :counts[r]] == 0).sum()) for r in range(n_rows))
+    return known / int(counts.sum())
 
 
 def print_samples(model, tok, samples, device, dtype, gen_length=64):

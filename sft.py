@@ -158,5 +158,5 @@ def train_sft(cfg: SFTConfig):
         raise ConfigError(f"--seq_len={cfg.seq_len}: more than the model's context of "
                           f"{model.config.max_sequence_length} tokens ({cfg.init})")
     print(f"SFT set: {ids.size(0)} rows of {ids.size(1)} tokens; e.g. {str(examples[0])[:300]}")
-    batch_at = lambda step: sft_batch(step, cfg.batch_size, ids, prompt_lengths, cfg.seed)  # noqa: E731
+    batch_at = lambda step: (*sft_batch(step, cfg.batch_size, ids, prompt_lengths, cfg.seed), None)  # noqa: E731
     return denoising_loop(cfg, "sft", model, tok, device, batch_at)

@@ -460,6 +460,17 @@ def pretrain_corpus(seed: int = 0, tasks=None):
         yield next(rng.choice(streams))
 
 
+def pretrain_drills(seed: int = 0):
+    """Endless arithmetic drills, (question, answer) pairs such as ("7+8=", "15"), with Arith's
+    and Countdown's ranges taking turns: pretraining's --drill_share rows score the answers
+    alone, at full noise, which teaches the facts the tasks' steps need (README, "Honest notes")."""
+    rng = random.Random(f"drills/{seed}")
+    while True:
+        for task in (TINY_TASKS["arith"], TINY_TASKS["countdown"]):
+            question, _, answer = task._fact(rng).partition("=")
+            yield question + "=", answer
+
+
 def get_tiny_tasks(names: str = "all") -> list:
     """"all" or comma-separated names -> tiny task objects; an unknown name is refused."""
     if names == "all":

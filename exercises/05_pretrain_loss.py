@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusion import forward_process, masked_token_ce  # the project's (or copy in your exercise 04)
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None, answers=None):
     """LLaDA's pretraining loss (LLaDA paper, Sec. 2.1), here with every prompt length 0:
 
         L = 1 / (B T) * sum over rows b and positions i of  is_masked[b, i] * CE(model(xt)[b, i], x0[b, i]) / p_b
@@ -37,5 +37,6 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None
     per masked token; masked_token_ce(logits, x0, is_masked) gives the (B, T) version.
 
     rows (leave it None here; exercise 06 uses it): the training loop's micro-batches.
+    answers (always None here): pretraining's optional drill rows, --drill_share; see diffusion.py.
     """
     raise NotImplementedError("exercise 05: write diffusion_loss (prompt lengths 0)")

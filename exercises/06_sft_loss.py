@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusion import forward_process, masked_token_ce  # the project's (or copy in your exercise 04)
 
 
-def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None):
+def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None, answers=None):
     """The masked-diffusion loss with a prompt (d1 paper, Zhao et al. 2025, Sec. 3.1; LLaDA paper,
     Sec. 2.3). Exercise 05's pretraining loss is the case where every prompt length is 0.
 
@@ -41,5 +41,7 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None
     is_masked, is_prompt, p and prompt_lengths before the model runs, and return the sum of those
     rows' values divided by the whole batch's B (rows=None: all rows, i.e. the mean over rows), so
     the parts of a batch add up to its loss.
+    answers: not part of this exercise (always None in its checks): pretraining's optional drill
+    rows (pretrain.py, --drill_share), which the project's diffusion_loss scores at full noise.
     """
     raise NotImplementedError("exercise 06: write diffusion_loss (with prompts)")

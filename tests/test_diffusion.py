@@ -178,3 +178,31 @@ def test_gumbel_noise_in_place_equals_the_formula_and_leaves_the_logits_alone():
     u = torch.rand(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     assert torch.equal(noisy, logits.exp() / (-torch.log(u)) ** 0.9)
     assert torch.equal(logits, kept)  # float64 input: still a copy
+
+
+def test_drill_rows_mask_exactly_their_answers_and_score_them_at_full_noise(tiny_model, record_inputs):
+    """answers=: a drill row (row 1) has exactly its answer tokens masked, its loss is their mean
+    CE (p = 1); the other row (row 0, prompt 4) is noised and scored as without drills."""
+    model = tiny_model()
+    x0 = torch.randint(0, 50, (2, 12))
+    prompt_lengths = torch.tensor([4, 0])
+    answers = torch.zeros(2, 12, dtype=torch.bool)
+    answers[1, [3, 4, 9]] = True
+    with record_inputs(model) as seen:
+        loss = diffusion_loss(model, x0, prompt_lengths, MASK, generator=torch.Generator().manual_seed(1),
+                              answers=answers)
+    [xt] = seen
+    assert torch.equal(xt[1] == MASK, answers[1])  # the drill row: its answers, nothing else
+    g = torch.Generator().manual_seed(1)
+    p = (1 - EPS) * torch.rand(2, 1, generator=g) + EPS
+    masked = (torch.rand(2, 12, generator=g) < p) & (torch.arange(12)[None] >= 4)
+    assert torch.equal(xt[0] == MASK, masked[0])  # row 0: the same noise as without drills
+    ce = F.cross_entropy(model(xt).reshape(-1, 64), x0.reshape(-1), reduction="none").view(2, 12)
+    row0 = (ce[0] * masked[0] / p[0]).sum() / 8
+    row1 = ce[1, [3, 4, 9]].mean()
+    torch.testing.assert_close(loss, (row0 + row1) / 2)
+    # without drill rows the loss is unchanged by the argument
+    none = torch.zeros_like(answers)
+    torch.testing.assert_close(diffusion_loss(model, x0, prompt_lengths, MASK, torch.Generator().manual_seed(1),
+                                              answers=none),
+                               diffusion_loss(model, x0, prompt_lengths, MASK, torch.Generator().manual_seed(1)))

@@ -1,8 +1,11 @@
 """pretrain.py: rows of the pretraining corpus (packed plain text, chat documents alone with a clean
 prompt), and batches that are a pure function of (seed, step)."""
+import re
+
 import torch
 
-from pretrain import PretrainConfig, pack_rows, pretrain_batch
+from pretrain import PretrainConfig, pack_drills, pack_rows, pretrain_batch
+from tasks_tiny import _apply
 from tokenizer import END_HEADER, Tokenizer, chat_prompt
 
 
@@ -31,7 +34,8 @@ def test_pack_rows_starts_a_new_row_when_a_document_does_not_fit():
 def test_batches_are_a_pure_function_of_seed_and_step():
     tok = Tokenizer.tiny()
     cfg = PretrainConfig(batch_size=6, seq_len=64)
-    ids, prompt_lengths = pretrain_batch(3, cfg, tok)
+    ids, prompt_lengths, answers = pretrain_batch(3, cfg, tok)
+    assert answers is None  # no drill rows by default
     assert ids.shape == (6, 64) and prompt_lengths.shape == (6,) and ids.dtype == torch.long
     again = pretrain_batch(3, cfg, tok)
     assert torch.equal(ids, again[0]) and torch.equal(prompt_lengths, again[1])
@@ -41,3 +45,24 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     for row, P in zip(ids.tolist(), prompt_lengths.tolist()):
         if P:
             assert tok.decode(row[:P]).endswith(END_HEADER + "\n\n")
+
+
+def test_drill_rows_pack_questions_and_answers_and_come_last():
+    """--drill_share: the last round(share x B) rows pack "7+8=15" drills, answers (and their EOS)
+    marked; a drill that does not fit starts the next row; the rest of the batch is unchanged."""
+    tok = Tokenizer.tiny()
+    ids, answers = pack_drills(iter([("7+8=", "15"), ("3-1=", "2"), ("9/3=", "3")] * 9), tok, 16, 3)
+    assert ids.shape == answers.shape == (3, 16)
+    assert tok.decode(ids[0].tolist()).startswith("7+8=15<|endoftext|>3-1=2<|endoftext|>")
+    assert tok.decode(ids[0][answers[0]].tolist()) == "15<|endoftext|>2<|endoftext|>"  # a third: no room
+    assert tok.decode(ids[1].tolist()).startswith("9/3=3<|endoftext|>")
+    plain = PretrainConfig(batch_size=8, seq_len=64)
+    drilled = PretrainConfig(batch_size=8, seq_len=64, drill_share=0.25)
+    ids, prompt_lengths, answers = pretrain_batch(3, drilled, tok)
+    assert answers.shape == ids.shape and not answers[:6].any() and answers[6:].any(dim=1).all()
+    assert torch.equal(ids[:6], pretrain_batch(3, plain, tok)[0][:6])  # the text rows: the plain run's first 6
+    for row, marks in zip(ids[6:].tolist(), answers[6:].tolist()):
+        text = "".join(tok.decode([t]) if not m else f"[{tok.decode([t])}]" for t, m in zip(row, marks))
+        for drill in text.split("[<|endoftext|>]")[:-1]:  # each "a op b=[c]" drill is a true fact
+            a, op, b, answer = re.fullmatch(r"(\d+)([-+*/])(\d+)=(.+)", drill).groups()
+            assert _apply(int(a), op, int(b)) == int(answer.replace("[", "").replace("]", ""))
