@@ -199,32 +199,50 @@ def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_
 
 TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "checkpoints/tiny-sft.pt"),
               ("+diffu-GRPO", "checkpoints/tiny-grpo.pt"), ("d1 (SFT + diffu-GRPO)", "checkpoints/tiny-d1.pt"))
+# d1 with a later likelihood estimator (README, "Other likelihood estimators"): a row when its
+# checkpoint exists; (name, checkpoint, --estimator)
+ESTIMATOR_ROWS = (("d1, coupled estimator", "checkpoints/tiny-d1-coupled.pt", "coupled"),
+                  ("d1, ELBO estimator", "checkpoints/tiny-d1-elbo.pt", "elbo"))
+
+
+def table_rows():
+    """The table's (name, checkpoint) rows: the four of d1's Table 1, then each estimator row whose
+    checkpoint exists; for the others, one line says how to train it."""
+    rows = list(TABLE_ROWS)
+    for name, path, estimator in ESTIMATOR_ROWS:
+        if Path(path).is_file():
+            rows.append((name, path))
+        else:
+            print(f"(no row '{name}': {path} is not trained; python train.py --stage grpo "
+                  f"--estimator={estimator} --out_dir=out/d1-{estimator} --export={path})")
+    return rows
 
 
 def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="bfloat16",
                 cache=None, threshold=None):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
-    for _, path in TABLE_ROWS:
+    rows = table_rows()
+    for _, path in rows:
         if not Path(path).is_file():
             raise CheckpointError(f"{path} is missing: train it first (README, 'The tiny d1 table')")
     tasks = [t.name for t in get_tiny_tasks(task_names)]
     columns = [(t, g) for t in tasks for g in gen_lengths]
-    rows = []
-    for name, path in tqdm(TABLE_ROWS, desc="table"):
+    results_of = []
+    for name, path in tqdm(rows, desc="table"):
         results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, True, cache, threshold)
-        rows.append((name, results))
+        results_of.append((name, results))
     header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
               + "|---" * (len(columns) + 2) + "|")
     sampler = f"cache={cache}, threshold={threshold}" if cache or threshold else "steps = gen_length / 2"
     print(f"\nTiny d1 table: accuracy % (standard error), greedy, {sampler}, n = {n} per cell\n")
     print(header)
-    for name, results in rows:
+    for name, results in results_of:
         cells = " | ".join(f"{results[c]['accuracy']:.1f} ({results[c]['stderr']:.1f})" for c in columns)
         average = sum(results[c]["accuracy"] for c in columns) / len(columns)
         print(f"| {name} | {cells} | {average:.1f} |")
     print("\nFormat: % of completions well formed and stopping with EOS padding\n")
     print(header)
-    for name, results in rows:
+    for name, results in results_of:
         formats = [results[c]["format"] for c in columns]
         print(f"| {name} | " + " | ".join(f"{f:.1f}" for f in formats) + f" | {sum(formats) / len(formats):.1f} |")
 

@@ -152,6 +152,23 @@ def test_table_prints_accuracy_and_format_rows_with_averages(monkeypatch, capsys
     assert header + "\n| base | 100.0 | 50.0 | 75.0 |\n| sft | 0.0 | 0.0 | 0.0 |" in fmt
 
 
+def test_table_adds_the_estimator_rows_that_are_trained_and_says_how_to_train_the_others(monkeypatch, capsys,
+                                                                                        tmp_path):
+    base, coupled = tmp_path / "base.pt", tmp_path / "coupled.pt"
+    base.touch(), coupled.touch()
+    monkeypatch.setattr(evaluation, "TABLE_ROWS", (("base", base),))
+    monkeypatch.setattr(evaluation, "ESTIMATOR_ROWS", (("d1, coupled", coupled, "coupled"),
+                                                       ("d1, elbo", tmp_path / "elbo.pt", "elbo")))
+    results = {base: fake_results((50.0, 25.0), (100.0, 50.0)), coupled: fake_results((60.0, 35.0), (100.0, 50.0))}
+    monkeypatch.setattr(evaluation, "eval_checkpoint", lambda path, *args, **kw: results[path])
+    evaluation.print_table("arith", gen_lengths=(32, 64), n=2)
+    out = capsys.readouterr().out
+    assert "| base | 50.0 (5.0) | 25.0 (2.5) | 37.5 |\n| d1, coupled | 60.0 (6.0) | 35.0 (3.5) | 47.5 |" in out
+    assert "| d1, elbo |" not in out
+    assert (f"(no row 'd1, elbo': {tmp_path / 'elbo.pt'} is not trained; python train.py --stage grpo "
+            f"--estimator=elbo --out_dir=out/d1-elbo --export={tmp_path / 'elbo.pt'})") in out
+
+
 def test_table_of_real_checkpoints_matches_eval_checkpoint(monkeypatch, capsys):
     rows = (("base", ROOT / "checkpoints/tiny-base.pt"), ("sft", ROOT / "checkpoints/tiny-sft.pt"))
     monkeypatch.setattr(evaluation, "TABLE_ROWS", rows)
