@@ -57,7 +57,8 @@ one random masked token of the block, plus every one whose sampled token has a p
 the threshold. With either option the log line ends with the rollout's sampler steps.
 --resample_rounds=N adds DAPO's dynamic sampling (Yu et al. 2025, off by default): a group whose G
 rewards tie has zero advantage, so it is replaced by G completions of a stand-in question of the
-same task, up to N times per step; the logged reward is then that of the rows trained on.
+same task, up to N times per step. The logged reward is then that of the rows trained on, and
+first_reward (metrics.jsonl) that of the step's first rollout: the policy's own, without the choice.
 --estimator=coupled or elbo replaces line 8's one-step estimator by later work's (estimators.py:
 complementary masks, DiffuCoder; a K-sample ELBO with a sequence-level ratio, ESPO), at 2 or K
 forward passes per log-prob instead of 1.
@@ -423,6 +424,7 @@ def train_grpo(cfg: GRPOConfig):
         with autocast(device, cfg.dtype):
             ro = rollout(model, tok, rounds[0][mine], range(mine.start, mine.stop), step, P, cfg,
                          device)  # N = my questions x G rows
+            first_reward = ro.reward.sum().item()  # the policy's own reward on the step's questions
             for r in range(1, len(rounds)):
                 tied = tied_groups(ro.reward, G)  # numbers among my questions
                 if not tied:
@@ -463,7 +465,7 @@ def train_grpo(cfg: GRPOConfig):
 
         # Log (every process's rows pooled), show the best and worst completion now and then, checkpoint.
         done = step + 1
-        counts = {**sums, "resampled": resampled} if cfg.resample_rounds else sums
+        counts = {**sums, "resampled": resampled, "first_reward": first_reward} if cfg.resample_rounds else sums
         row = grpo_metrics(pool_processes(ro, loss_mask, counts), G, mu, seconds)
         metrics.write(stage="grpo", step=done, lr=lr, seconds=round(time.time() - t0, 2), **row)  # rank 0 writes
         bar.set_postfix(reward=f"{row['reward']:.3f}")
@@ -503,7 +505,8 @@ def grpo_metrics(pooled, G, mu, seconds):
            "kl": pooled["kl"] / (n_tokens * mu), "clip_ratio": pooled["clipped"] / (n_tokens * mu),
            "loss": pooled["loss"] / mu, "completion_length": pooled["length"].float().mean().item(),
            "rollout_steps": pooled["steps"],
-           **({"resampled": pooled["resampled"]} if "resampled" in pooled else {}),  # groups replaced
+           **({"resampled": pooled["resampled"],  # groups replaced, and the first rollout's mean reward
+               "first_reward": pooled["first_reward"] / pooled["reward"].numel()} if "resampled" in pooled else {}),
            **{f"seconds_{k}": round(v, 2) for k, v in seconds.items()}}
     for name, values in pooled["rewards"].items():
         row[f"reward/{name}"] = values.mean().item()

@@ -70,6 +70,7 @@ def test_a_step_replaces_every_tied_group_of_its_first_rollout(tiny_checkpoint, 
     plain = run(tiny_checkpoint, tmp_path, monkeypatch, Numbered(), 0, "plain")
     dynamic = run(tiny_checkpoint, tmp_path, monkeypatch, Numbered(), 3, "dynamic")
     assert "resampled" not in plain
+    assert abs(dynamic["first_reward"] - plain["reward"]) < 1e-6  # the first rollout, before any choice
     assert dynamic["resampled"] >= round(plain["zero_std_share"] * 8) > 0
     assert dynamic["zero_std_share"] <= plain["zero_std_share"]
 
