@@ -516,8 +516,8 @@ def grpo_metrics(pooled, G, mu, seconds):
 
 def grpo_log_line(step, row, fast=False):
     """The fixed-format line of one GRPO step; seconds are rollout + log-probs + update. With the
-    fast sampler (fast=True) it ends with the rollout's sampler steps (d1's: diffusion_steps), with
-    dynamic sampling with the number of tied groups replaced."""
+    fast sampler (fast=True) it ends with the rollout's sampler steps (d1's: diffusion_steps); with
+    dynamic sampling, then with the number of tied groups replaced."""
     return (f"grpo step {step:4d} | reward {row['reward']:.3f} +- {row['reward_std']:.3f} | "
             f"acc {row['accuracy']:.3f} | zero-std {row['zero_std_share']:.2f} | kl {row['kl']:.4f} | "
             f"clip {row['clip_ratio']:.3f} | len {row['completion_length']:.1f} | "

@@ -17,6 +17,7 @@ stages differ only in their batches. Outputs, in out_dir:
     metrics.jsonl    one JSON object per logged step (stage, step, loss, lr, seconds, ...)
 """
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -117,7 +118,8 @@ def pretrain_batch(step, cfg, tok):
     drills, answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, cfg.seq_len,
                                   cfg.batch_size - n_text)
     answers = torch.cat([torch.zeros_like(ids, dtype=torch.bool), answers])  # (B, T)
-    return torch.cat([ids, drills]), torch.cat([prompt_lengths, torch.zeros(len(drills), dtype=torch.long)]), answers
+    prompt_lengths = torch.cat([prompt_lengths, torch.zeros(len(drills), dtype=torch.long)])  # (B,)
+    return torch.cat([ids, drills]), prompt_lengths, answers
 
 
 def train_pretrain(cfg: PretrainConfig):
@@ -164,8 +166,8 @@ def denoising_loop(cfg, stage, model, tok, device, batch_at):
     for step in bar:
         # one optimizer step: a fresh batch, a fresh masking of it, the loss, the update
         lr = set_lr(optimizer, step, cfg)
-        x0, prompt_lengths, answers = (t if t is None else t.to(device) for t in batch_at(step))  # (B, T), (B,)
-        drills = {} if answers is None else {"answers": answers}  # pretraining's drill rows (B, T)
+        x0, prompt_lengths, answers = (t if t is None else t.to(device) for t in batch_at(step))
+        drills = {} if answers is None else {"answers": answers}  # x0 (B, T), prompt_lengths (B,), answers (B, T)
         mine = distributed.my_rows(x0.size(0), "rows per step (--batch_size)")  # all rows on one process
         micro_batches = row_slices(mine.stop - mine.start, cfg.micro_batch, start=mine.start)
         loss, noise_state = torch.zeros((), device=device), noise_gen.get_state()
@@ -224,14 +226,14 @@ def fact_accuracy(model, tok, device, dtype, n_rows=16):
     with autocast(device, dtype):
         right = model(torch.where(answers, model.config.mask_token_id, ids)).argmax(-1) == ids  # (n_rows, T)
     model.train(was_training)
-    # a fact's answer is a run of True in `answers`: it is known if no token of the run is wrong
-    starts = answers & ~torch.nn.functional.pad(answers, (1, 0))[:, :-1]  # (n_rows, T) first token of each run
-    run = starts.cumsum(dim=1)  # (n_rows, T) the run number of every token
-    wrong = torch.zeros(n_rows, seq_len + 1, device=device).scatter_add_(
-        1, torch.where(answers, run, 0), (answers & ~right).float())[:, 1:]  # wrong tokens per run
-    counts = starts.sum(dim=1)  # (n_rows,) runs per row
-    known = sum(int((wrong[r, :counts[r]] == 0).sum()) for r in range(n_rows))
-    return known / int(counts.sum())
+    known = total = 0
+    for row_answers, row_right in zip(answers.tolist(), right.tolist()):
+        # each run of answer tokens along the row is one drill's answer
+        for is_answer, run in itertools.groupby(zip(row_answers, row_right), key=lambda pair: pair[0]):
+            if is_answer:
+                known += all(ok for _, ok in run)
+                total += 1
+    return known / total
 
 
 def print_samples(model, tok, samples, device, dtype, gen_length=64):
