@@ -270,6 +270,28 @@ def rollout(model, tok, questions, numbers, step, P, cfg, device, resample_round
                     batch_size=cfg.rollout_batch or None)
 
 
+def sample_step(model, tok, step, cfg, pools, mine, device):
+    """Lines 3-5 for this process's questions (`mine`, a slice of the step's): their rollout
+    (eval.Completions, N = my questions x G rows), the prompt length P every row is padded to, and
+    for dynamic sampling the number of groups replaced and the first rollout's summed reward.
+
+    Dynamic sampling (--resample_rounds): round r replaces each group whose rewards tie with G
+    completions of its stand-in question of round r; every round's prompts are padded to one P."""
+    G = cfg.group_size
+    rounds = [grpo_questions(step, cfg, pools, r) for r in range(cfg.resample_rounds + 1)]
+    P = prompt_length(cfg, tok, [q for questions in rounds for q in questions])
+    ro = rollout(model, tok, rounds[0][mine], range(mine.start, mine.stop), step, P, cfg, device)
+    first_reward, resampled = ro.reward.sum().item(), 0  # the policy's own reward, before any choice
+    for r in range(1, len(rounds)):
+        tied = tied_groups(ro.reward, G)  # numbers among my questions
+        if not tied:
+            break
+        numbers = [mine.start + g for g in tied]
+        fresh = rollout(model, tok, [rounds[r][q] for q in numbers], numbers, step, P, cfg, device, r)
+        ro, resampled = replace_groups(ro, tied, fresh, G), resampled + len(tied)
+    return ro, P, resampled, first_reward
+
+
 def tied_groups(rewards, G):
     """The numbers of the groups whose G rewards are all equal: zero advantage, nothing to learn."""
     return (rewards.view(-1, G).std(dim=1) < 1e-6).nonzero().flatten().tolist()
@@ -413,25 +435,12 @@ def train_grpo(cfg: GRPOConfig):
         seconds = {}
 
         # Lines 3-5: a batch of questions, and G completions of each from the current policy. Every
-        # process knows the whole step's questions; it samples its own, padded to the step's longest.
+        # process knows the whole step's questions; it samples its own, padded to the step's longest
+        # (with --resample_rounds, tied groups are replaced by fresh questions' groups: sample_step).
         tick = time.time()
         model.eval()
-        # Dynamic sampling (--resample_rounds): round r replaces each group whose rewards tie with G
-        # completions of its stand-in question r; every round's prompts are padded to one length.
-        rounds = [grpo_questions(step, cfg, pools, r) for r in range(cfg.resample_rounds + 1)]
-        P = prompt_length(cfg, tok, [q for questions in rounds for q in questions])
-        resampled = 0
         with autocast(device, cfg.dtype):
-            ro = rollout(model, tok, rounds[0][mine], range(mine.start, mine.stop), step, P, cfg,
-                         device)  # N = my questions x G rows
-            first_reward = ro.reward.sum().item()  # the policy's own reward on the step's questions
-            for r in range(1, len(rounds)):
-                tied = tied_groups(ro.reward, G)  # numbers among my questions
-                if not tied:
-                    break
-                numbers = [mine.start + g for g in tied]
-                fresh = rollout(model, tok, [rounds[r][q] for q in numbers], numbers, step, P, cfg, device, r)
-                ro, resampled = replace_groups(ro, tied, fresh, G), resampled + len(tied)
+            ro, P, resampled, first_reward = sample_step(model, tok, step, cfg, pools, mine, device)  # N rows
 
         # Line 6: rewards and group-relative advantages; the tokens that enter the loss.
         advantages = group_advantages(ro.reward, G, cfg.scale_rewards_by_std).to(device)  # (N,)
