@@ -113,7 +113,7 @@ def pretrain_batch(step, cfg, tok):
         more, more_lengths = pack_rows([next(docs) for _ in range(cfg.batch_size)], tok, cfg.seq_len)
         ids, prompt_lengths = torch.cat([ids, more]), torch.cat([prompt_lengths, more_lengths])
     ids, prompt_lengths = ids[:n_text], prompt_lengths[:n_text]
-    if not cfg.drill_share:
+    if n_text == cfg.batch_size:  # no drill rows (--drill_share=0, or too small for one row)
         return ids, prompt_lengths, None
     drills, answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, cfg.seq_len,
                                   cfg.batch_size - n_text)

@@ -463,7 +463,8 @@ def pretrain_corpus(seed: int = 0, tasks=None):
 def pretrain_drills(seed: int = 0):
     """Endless arithmetic drills, (question, answer) pairs such as ("7+8=", "15"), with Arith's
     and Countdown's ranges taking turns: pretraining's --drill_share rows score the answers
-    alone, at full noise, which teaches the facts the tasks' steps need (README, "Moving the table")."""
+    alone, at full noise. They teach the facts themselves; README, "Moving the table", item 3, has
+    why that alone did not lift the tasks."""
     rng = random.Random(f"drills/{seed}")
     while True:
         for task in (TINY_TASKS["arith"], TINY_TASKS["countdown"]):

@@ -61,6 +61,7 @@ def test_drill_rows_pack_questions_and_answers_and_come_last():
     ids, prompt_lengths, answers = pretrain_batch(3, drilled, tok)
     assert answers.shape == ids.shape and not answers[:6].any() and answers[6:].any(dim=1).all()
     assert torch.equal(ids[:6], pretrain_batch(3, plain, tok)[0][:6])  # the text rows: the plain run's first 6
+    assert pretrain_batch(3, PretrainConfig(batch_size=8, seq_len=64, drill_share=0.01), tok)[2] is None  # < 1 row
     for row, marks in zip(ids[6:].tolist(), answers[6:].tolist()):
         text = "".join(tok.decode([t]) if not m else f"[{tok.decode([t])}]" for t, m in zip(row, marks))
         for drill in text.split("[<|endoftext|>]")[:-1]:  # each "a op b=[c]" drill is a true fact
