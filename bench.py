@@ -30,7 +30,7 @@ import torch
 
 from bench_fullscale import bench_fullscale, check_fullscale_shapes, fullscale_shapes, random_large_model, sync
 from checkpoint import check_checkpoint_path, load_model, load_pretrained, save_pretrained
-from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device
+from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device, pick_dtype
 from diffusion import check_fast_sampler, check_sampler, diffusion_loss, generate
 from eval import evaluate
 from tasks_tiny import get_tiny_tasks
@@ -237,6 +237,7 @@ def bench_tiny(cfg, device, args):
           f"| {bf['flops']:,.0f} ({bf['flops'] / peak[torch.bfloat16]:.0%}) | |")
     print(f"| forward tokens/s (batch 16) | {fp['fwd']:,.0f} | {bf['fwd']:,.0f} | {bf['fwd'] / fp['fwd']:.2f}x |")
     print(f"| sampler tokens/s (8 x 64 new, 32 steps) | {fp['sample']:,.0f} | {bf['sample']:,.0f} | {bf['sample'] / fp['sample']:.2f}x |")
+    print(f"\n--dtype=auto (every entry point's default) runs {pick_dtype('auto', device)} on this device")
 
     backward = device.type != "cpu"
     att_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16

@@ -53,7 +53,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, check_checkpoint_path, check_model_path, load_any, load_model, write_json
-from common import ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device, row_slices
+from common import (DTYPES, ConfigError, autocast, check_choice, check_range, cli, one_line_errors, pick_device,
+                    pick_dtype, row_slices)
 from diffusion import check_fast_sampler, check_sampler, generate
 from distributed import all_gather_objects, is_main, launched, print_only_on_main, rank, setup, teardown, world
 from tasks_d1 import D1_TASK_NAMES, D1_TASKS, d1_task
@@ -153,7 +154,7 @@ def stops_cleanly(tok, ids):
 # The tiny tasks: one checkpoint, or the table of four
 
 
-def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloat16", cache=None, threshold=None):
+def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto", cache=None, threshold=None):
     """Greedy completions for `examples`, scored by task.correct and the format check.
 
     Returns dict(accuracy, stderr, format, n); accuracy and format in percent. The standard error
@@ -179,7 +180,7 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="bfloa
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
-                    dtype="bfloat16", quiet=False, cache=None, threshold=None):
+                    dtype="auto", quiet=False, cache=None, threshold=None):
     """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}.
     With the fast sampler (cache or threshold) each line also gives the steps taken per batch."""
     model, _ = load_model(path, device=pick_device(device))
@@ -218,7 +219,7 @@ def table_rows():
     return rows
 
 
-def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="bfloat16",
+def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="auto",
                 cache=None, threshold=None):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
     rows = table_rows()
@@ -427,7 +428,7 @@ class EvalConfig:
     n: int | None = None  # test questions per task; none = 256 for --ckpt/--table, all for --model
     batch_size: int = 64  # questions decoded together (LLaDA-8B at gen 256 on 24 GB: 8)
     device: str = "auto"  # auto -> cuda, then mps, then cpu
-    dtype: str = "bfloat16"  # autocast dtype: bfloat16 or float32
+    dtype: str = "auto"  # autocast dtype: bfloat16, float32, or auto (bf16 where this device runs it fast)
     cache: str | None = None  # fast sampler's KV cache: none (d1's protocol), prefix or dual
     threshold: float | None = None  # parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1's protocol)
 
@@ -457,8 +458,8 @@ class EvalConfig:
         else:
             check_range(self, 1, None, "n")
         check_range(self, 1, None, "batch_size")
-        check_choice("dtype", self.dtype, ("bfloat16", "float32"))
-        pick_device(self.device)
+        check_choice("dtype", self.dtype, DTYPES)
+        self.dtype = pick_dtype(self.dtype, pick_device(self.device))  # "auto" -> what this machine runs fast
         for g in self.gen_length:
             check_sampler(g, min(32, g), g // 2)
         check_fast_sampler(self.cache, self.threshold)

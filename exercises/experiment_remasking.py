@@ -42,7 +42,7 @@ class RemaskingConfig:
     gen_length: int = 96  # GRPO's default
     temperatures: tuple[float, ...] = (0.9, 1.5)  # for low-confidence remasking; random runs at the first
     seed: int = 0  # the sampler's noise
-    dtype: str = "bfloat16"  # autocast dtype, as training runs (float32 is exact but slower)
+    dtype: str = "auto"  # autocast dtype, as training runs (auto: bf16 where this device runs it fast)
 
 
 def load(ckpt):

@@ -29,7 +29,7 @@ CASES = [  # (command, what stderr must say)
     ([*GRPO, "--gen_length=1024"], "--diffusion_steps=48 must be a multiple of the number of blocks"),
     ([*GRPO, "--gen_length=1024", "--diffusion_steps=512"], "--gen_length=1024: the longest prompt .* at most 2"),
     ([*GRPO, "--gen_lenght=64"], "unknown key --gen_lenght; did you mean --gen_length?"),
-    ([*GRPO, "--dtype=float16"], "--dtype='float16': expected one of bfloat16, float32"),
+    ([*GRPO, "--dtype=float16"], "--dtype='float16': expected one of auto, bfloat16, float32"),
     ([*GRPO, "--steps=ten"], "--steps='ten': expected an integer"),
     ([*GRPO, "--steps=0"], "--steps=0: must be at least 1"),
     ([*GRPO, "--lr=nan"], "--lr='nan': expected a number"),
