@@ -346,6 +346,11 @@ class Model(nn.Module):
         if device.type == "cpu" and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             raise RuntimeError("attn_impl='flex' has no backward pass on CPU (torch 2.13); "
                                "train with attn_impl='sdpa', or run flex under torch.no_grad()")
+        if device.type == "cpu" and self.config.head_dim < 32:
+            # Measured: compiled flex on a CPU with AVX2 only (torch 2.13) returns wrong numbers or NaN
+            # for head_dim 16 at some lengths (8, 24), and right ones at head_dim 32 and 64.
+            raise RuntimeError(f"attn_impl='flex' on CPU needs head_dim >= 32 (d_model / n_heads), got "
+                               f"{self.config.head_dim}: smaller heads can compute wrong numbers there; use 'sdpa'")
         block_mask = make_flex_block_mask(key_mask, self.config.n_heads, T, device, q_len=S)
         return lambda q, k, v: flex_attention(q, k, v, block_mask)
 

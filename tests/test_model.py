@@ -11,6 +11,7 @@ LLADA_8B_PARAMS = 8_015_581_184
 
 # The small model (tests/conftest.py) made wider: 4 heads of 16, a context of 64 tokens.
 WIDE = dict(d_model=64, n_heads=4, n_kv_heads=4, mlp_hidden_size=96, max_sequence_length=64)
+FLEX_SAFE = dict(WIDE, n_heads=2, n_kv_heads=2)  # head_dim 32: flex on CPU refuses smaller heads
 
 
 def test_llada_8b_on_meta_device_has_official_keys_and_shapes(shared):
@@ -96,7 +97,7 @@ def test_rope_is_a_rotation_that_preserves_norms_and_relative_positions():
 @pytest.mark.parametrize("padded", [False, True])
 def test_three_attention_implementations_agree(padded, tiny_model):
     torch.manual_seed(0)
-    model = tiny_model(**WIDE)
+    model = tiny_model(**FLEX_SAFE)
     ids = torch.randint(0, 64, (3, 24))
     mask = torch.ones(3, 24, dtype=torch.long)
     if padded:
@@ -111,6 +112,13 @@ def test_three_attention_implementations_agree(padded, tiny_model):
         rel = (logits[impl] - logits["eager"]).norm() / logits["eager"].norm()
         assert rel < 1e-5, (impl, rel.item())
     assert torch.isfinite(logits["eager"]).all()  # padded query rows still produce numbers
+
+
+def test_flex_on_cpu_refuses_heads_it_computes_wrong(tiny_model):
+    model = tiny_model(**WIDE)  # head_dim 16: compiled flex gave NaN at length 24 on an AVX2 CPU
+    model.config.attn_impl = "flex"
+    with torch.no_grad(), pytest.raises(RuntimeError, match="needs head_dim >= 32"):
+        model(torch.randint(0, 64, (1, 24)))
 
 
 def test_padded_keys_are_ignored(tiny_model):
