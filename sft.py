@@ -33,7 +33,7 @@ from common import ConfigError, FinetuneConfig, check_choice, check_range, init_
 from data_d1 import s1k_examples
 from distributed import check_split, is_main
 from pretrain import denoising_loop
-from tasks_tiny import get_tiny_tasks
+from tasks_tiny import BACKTRACK, get_tiny_tasks
 from tokenizer import EOT
 
 
@@ -67,6 +67,7 @@ class SFTConfig(FinetuneConfig):
     batch_size: int = 16  # rows per step (d1: effective batch 8, on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
+    backtrack: float = BACKTRACK  # share of traces that try, check and backtrack, as s1K's do (0 = clean traces)
     seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     sample_every: int = 500  # decode a few samples every N steps (0 = never)
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)
@@ -80,19 +81,20 @@ class SFTConfig(FinetuneConfig):
         check_range(self, 1, None, "batch_size", "n_per_task")
         check_range(self, 2, None, "seq_len")
         check_range(self, 0, None, "holdout")
+        check_range(self, 0, 1, "backtrack")
         check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
         check_choice("long_rows", self.long_rows, ("error", "cut", "drop"))
 
 
-def sft_examples(tasks, n_per_task, seed):
+def sft_examples(tasks, n_per_task, seed, backtrack=BACKTRACK):
     """(question, response) pairs: n_per_task training questions of each task, one trace each.
 
-    The traces come from task.sft_response, which writes a share of try-check-backtrack traces."""
+    The traces come from task.sft_response; a `backtrack` share of them try, check and backtrack."""
     rng = random.Random(seed)
     examples = []
     for task in tasks:
         for ex in task.examples("train", n_per_task):
-            examples.append((task.rl_prompt(ex), task.sft_response(ex, rng)))
+            examples.append((task.rl_prompt(ex), task.sft_response(ex, rng, backtrack)))
     return examples
 
 
@@ -151,7 +153,7 @@ def train_sft(cfg: SFTConfig):
             raise ConfigError(f"--holdout={cfg.holdout}: {cfg.data} has only {len(examples)} rows")
         examples = examples[:len(examples) - cfg.holdout]
     else:
-        examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed)
+        examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed, cfg.backtrack)
     ids, prompt_lengths = encode_dataset(tok, examples, cfg.seq_len, cfg.long_rows)  # (N, T), (N,)
     model = init_model(cfg, device, tok, "sft")
     if cfg.seq_len > model.config.max_sequence_length:

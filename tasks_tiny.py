@@ -51,6 +51,9 @@ class Example:
     puzzle: str = ""  # sudoku: 16 digits, "0" for a blank
 
 
+BACKTRACK = 0.3  # the share of SFT traces that try, check and backtrack (sft.py's --backtrack)
+
+
 def _respond(reasoning: str, answer) -> str:
     return f"<reasoning>{reasoning}</reasoning>\n<answer>{answer}</answer>"
 
@@ -64,7 +67,7 @@ class TinyTask(Task):
     try, check and backtrack (d1's SFT data, s1K, is full of such self-corrections).
     """
 
-    def __init__(self, seed=0, n_train=10_000, n_test=256, test_share=0.1, backtrack=0.3):
+    def __init__(self, seed=0, n_train=10_000, n_test=256, test_share=0.1, backtrack=BACKTRACK):
         self.seed, self.n_train, self.n_test = seed, n_train, n_test
         self.test_share, self.backtrack = test_share, backtrack
 
@@ -96,9 +99,11 @@ class TinyTask(Task):
                 out.append(ex)
         return out
 
-    def sft_response(self, ex: Example, rng: random.Random) -> str:
-        """d1's format with a step-by-step trace; a `backtrack` share of traces try, check and retry."""
-        return _respond(*self._solve(ex, rng, rng.random() < self.backtrack))
+    def sft_response(self, ex: Example, rng: random.Random, backtrack: float | None = None) -> str:
+        """d1's format with a step-by-step trace; a `backtrack` share of traces (default: the task's)
+        try, check and retry."""
+        share = self.backtrack if backtrack is None else backtrack
+        return _respond(*self._solve(ex, rng, rng.random() < share))
 
     def direct_response(self, ex: Example) -> str:
         """The short answer of the pretraining corpus: empty reasoning, the answer in tags."""
