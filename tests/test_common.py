@@ -3,6 +3,7 @@ schedule, the optimizer's groups, run checkpoints and the metrics log."""
 import dataclasses
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -250,7 +251,6 @@ def test_auto_dtype_follows_the_cpu_probe(monkeypatch, bf16_is_fast, expected):
 
 def test_cpu_probe_agrees_with_timed_matmuls():
     """The probe's answer is a measurement: bf16 must win clearly for it to say yes."""
-    import time
     def seconds(dtype, n=384):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
