@@ -19,7 +19,9 @@ tiny model is trained to write it itself, so its tasks' eval_prefix is empty.) E
 where format is the share of completions that are exactly "<reasoning>..</reasoning>\\n<answer>..
 </answer>" and then stop (end of turn, EOS padding to the end). With --cache or --threshold (the
 fast sampler of diffusion.generate, Fast-dLLM: Wu et al. 2025, arXiv 2505.22618) the line ends with
-` steps=<S>`, the sampler's mean steps per batch (d1's protocol takes gen_length / 2).
+` steps=<S>`, the sampler's mean steps per batch (d1's protocol takes gen_length / 2). --table keeps
+each cell's result in out/table/ as it is measured, under a hash of the checkpoint, the settings and
+the code (cell_key): run again, it measures only what is missing or changed.
 
 --rescore scores d1's published generation files with d1's evaluation parsing. Each file holds
 {"generations": [{"question", "generations", "ground_truth"}, ...], "gen_length", ...}; the task is
@@ -41,6 +43,7 @@ them and writes the file, in test-set order: the same file as one process writes
 run in one process.
 """
 import contextlib
+import hashlib
 import json
 import math
 import re
@@ -60,6 +63,8 @@ from distributed import all_gather_objects, is_main, launched, print_only_on_mai
 from tasks_d1 import D1_TASK_NAMES, D1_TASKS, d1_task
 from tasks_tiny import get_tiny_tasks
 from tokenizer import Tokenizer, end_of_turn
+
+HERE = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
 # complete(): chat template -> left padding -> sampler -> decode -> score
@@ -180,16 +185,27 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto"
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
-                    dtype="auto", quiet=False, cache=None, threshold=None):
+                    dtype="auto", quiet=False, cache=None, threshold=None, kept_in=None):
     """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}.
-    With the fast sampler (cache or threshold) each line also gives the steps taken per batch."""
-    model, _ = load_model(path, device=pick_device(device))
-    tok = Tokenizer.tiny()
+    With the fast sampler (cache or threshold) each line also gives the steps taken per batch.
+    kept_in: a folder that keeps each (task, gen_length) result (the table's, TABLE_CELLS); a result
+    found there is read instead of measured (see cell_key)."""
+    device = pick_device(device)
+    key = cell_key(path, n, batch_size, device, pick_dtype(dtype, device), cache, threshold) if kept_in else None
+    model, tok = None, Tokenizer.tiny()
     results = {}
     for task in get_tiny_tasks(task_names):
         examples = task.examples("test", n)
         for gen_length in gen_lengths:
-            r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype, cache, threshold)
+            kept = Path(kept_in) / f"{Path(path).stem}-{task.name}-{gen_length}-{key}.json" if kept_in else None
+            if kept and kept.is_file():
+                r = json.loads(kept.read_text())
+            else:
+                model = model or load_model(path, device=device)[0]  # loaded only if a result is missing
+                r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype, cache, threshold)
+                if kept:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    write_json(kept, r)
             results[(task.name, gen_length)] = r
             if not quiet:
                 steps = f" steps={r['steps']:.1f}" if "steps" in r else ""  # the fast sampler's
@@ -198,8 +214,28 @@ def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_
     return results
 
 
+# What a table cell's result depends on besides the checkpoint and the settings: the code that
+# samples and scores it.
+CELL_SOURCES = ("eval.py", "diffusion.py", "model.py", "checkpoint.py", "tasks.py", "tasks_tiny.py", "scoring.py",
+                "tokenizer.py", "tokenizer_tiny.bpe")
+
+
+def cell_key(path, n, batch_size, device, dtype, cache, threshold):
+    """A hash of everything a tiny-task result depends on: the checkpoint's bytes, the evaluation
+    settings (the batch size sets the left padding), torch's version and CELL_SOURCES. A kept result
+    is reused only while all of them are unchanged, so it is never stale."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    for name in CELL_SOURCES:
+        digest.update((HERE / name).read_bytes())
+    digest.update(repr((n, batch_size, str(device), dtype, cache, threshold, torch.__version__)).encode())
+    return digest.hexdigest()[:16]
+
+
 TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "checkpoints/tiny-sft.pt"),
               ("+diffu-GRPO", "checkpoints/tiny-grpo.pt"), ("d1 (SFT + diffu-GRPO)", "checkpoints/tiny-d1.pt"))
+# The table keeps each cell's result here as it is measured (eval_checkpoint's kept_in), so an
+# interrupted table resumes, and a retrained row is the only one measured again.
+TABLE_CELLS = Path("out/table")
 # d1 with a later likelihood estimator (README, "Other likelihood estimators"): a row when its
 # checkpoint exists; (name, checkpoint, --estimator)
 ESTIMATOR_ROWS = (("d1, coupled estimator", "checkpoints/tiny-d1-coupled.pt", "coupled"),
@@ -230,12 +266,14 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
     columns = [(t, g) for t in tasks for g in gen_lengths]
     results_of = []
     for name, path in tqdm(rows, desc="table"):
-        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, True, cache, threshold)
+        results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, True, cache, threshold,
+                                  kept_in=TABLE_CELLS)
         results_of.append((name, results))
     header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
               + "|---" * (len(columns) + 2) + "|")
     sampler = f"cache={cache}, threshold={threshold}" if cache or threshold else "steps = gen_length / 2"
-    print(f"\nTiny d1 table: accuracy % (standard error), greedy, {sampler}, n = {n} per cell\n")
+    print(f"\nTiny d1 table: accuracy % (standard error), greedy, {sampler}, n = {n} per cell "
+          f"(each cell kept in {TABLE_CELLS}/ and reused while its checkpoint and the code are unchanged)\n")
     print(header)
     for name, results in results_of:
         cells = " | ".join(f"{results[c]['accuracy']:.1f} ({results[c]['stderr']:.1f})" for c in columns)

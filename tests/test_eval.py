@@ -169,9 +169,10 @@ def test_table_adds_the_estimator_rows_that_are_trained_and_says_how_to_train_th
             f"--estimator=elbo --out_dir=out/d1-elbo --export={tmp_path / 'elbo.pt'})") in out
 
 
-def test_table_of_real_checkpoints_matches_eval_checkpoint(monkeypatch, capsys):
+def test_table_of_real_checkpoints_matches_eval_checkpoint(monkeypatch, capsys, tmp_path):
     rows = (("base", ROOT / "checkpoints/tiny-base.pt"), ("sft", ROOT / "checkpoints/tiny-sft.pt"))
     monkeypatch.setattr(evaluation, "TABLE_ROWS", rows)
+    monkeypatch.setattr(evaluation, "TABLE_CELLS", tmp_path / "table")
     evaluation.print_table("sudoku", gen_lengths=(32,), n=2, batch_size=2)
     accuracy, fmt = capsys.readouterr().out.split("Format:")
     for name, path in rows:
@@ -179,6 +180,28 @@ def test_table_of_real_checkpoints_matches_eval_checkpoint(monkeypatch, capsys):
         cell = f"{r['accuracy']:.1f} ({r['stderr']:.1f})"
         assert f"| {name} | {cell} | {r['accuracy']:.1f} |" in accuracy
         assert f"| {name} | {r['format']:.1f} | {r['format']:.1f} |" in fmt
+
+
+def test_kept_cells_are_read_back_and_measured_again_when_the_checkpoint_changes(monkeypatch, tmp_path, capsys):
+    path, kept = tmp_path / "sft.pt", tmp_path / "table"
+    path.write_bytes((ROOT / "checkpoints/tiny-sft.pt").read_bytes())
+    run = lambda **kw: evaluation.eval_checkpoint(path, "sudoku", gen_lengths=(32,), n=2, batch_size=2,  # noqa: E731
+                                                  dtype="float32", kept_in=kept, **kw)
+    measured = run()
+    assert [f.name.split("-")[:3] for f in kept.iterdir()] == [["sft", "sudoku", "32"]]
+    loads, real_load = [], evaluation.load_model
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    capsys.readouterr()
+    assert run() == measured and loads == []  # read back: the model is not even loaded
+    r = measured[("sudoku", 32)]
+    assert capsys.readouterr().out == f"sudoku gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% n=2\n"
+    run(quiet=True, threshold=0.9)  # other settings: measured, and kept beside the first
+    assert len(loads) == 1 and len(list(kept.iterdir())) == 2
+    ckpt = torch.load(path, weights_only=False)  # the same file name, other weights: measured again
+    next(iter(ckpt["model"].values())).add_(1.0)
+    torch.save(ckpt, path)
+    run(quiet=True)
+    assert len(loads) == 2 and len(list(kept.iterdir())) == 3
 
 
 def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path, user_error):
