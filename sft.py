@@ -7,7 +7,8 @@ Stage 2, masked SFT: d1's supervised stage (d1 paper, Sec. 3.1), scaled down to 
 
 d1 fine-tunes LLaDA on s1K (1,000 questions with long reasoning traces, some of which try, check
 and backtrack). Our stand-in: about a thousand tiny-task questions with step-by-step traces
-written by tasks_tiny.py, a share of them with self-correction. Each example becomes one row:
+written by tasks_tiny.py, clean by default (--backtrack=0.3: a share with self-correction). Each
+example becomes one row:
 
     chat_prompt(question)          response                                     EOS padding
     P P P P P P P P P P P P P P P  <reasoning>...</reasoning>\n<answer>..</answer><eot>  E E E E E E
@@ -67,7 +68,7 @@ class SFTConfig(FinetuneConfig):
     batch_size: int = 16  # rows per step (d1: effective batch 8, on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
-    backtrack: float = BACKTRACK  # share of traces that try, check and backtrack, as s1K's do (0 = clean traces)
+    backtrack: float = BACKTRACK  # share of traces that try, check and backtrack, as s1K's do (default 0: clean)
     seq_len: int = 160  # prompt + response + EOS padding (d1 pads to 4,096); = the pretraining rows
     sample_every: int = 500  # decode a few samples every N steps (0 = never)
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)

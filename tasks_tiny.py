@@ -20,8 +20,9 @@ Deviations from d1 (Zhao et al. 2025, arXiv 2504.12216), on purpose:
 2. The responses put no newline next to the tags and use no \boxed:
    "<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>".
 3. The rewards and checks read the completion up to the end of the turn (tokenizer.end_of_turn).
-4. The SFT traces are generated, not taken from s1K as in d1's masked SFT (Sec. 3.1); a share of
-   them try, check and backtrack, as s1K's do.
+4. The SFT traces are generated, not taken from s1K as in d1's masked SFT (Sec. 3.1), and by default
+   go straight to the answer. s1K's traces try, check and backtrack; ours can too (sft.py
+   --backtrack=0.3), but the tiny model then learns the slips they show (README, "Moving the table").
 """
 import functools
 import itertools
@@ -51,7 +52,8 @@ class Example:
     puzzle: str = ""  # sudoku: 16 digits, "0" for a blank
 
 
-BACKTRACK = 0.3  # the share of SFT traces that try, check and backtrack (sft.py's --backtrack)
+BACKTRACK = 0.0  # the share of SFT traces that try, check and backtrack (sft.py's --backtrack); what
+# 0.3 costs is measured in the README ("Moving the table", item 6)
 
 
 def _respond(reasoning: str, answer) -> str:
@@ -64,7 +66,7 @@ class TinyTask(Task):
     Subclasses write _sample (one problem), _solve (step-by-step reasoning and the answer text),
     _plain (a worked statement for pretraining), _fact (background knowledge), correct and rewards.
     Knobs: seed, default sizes, the test share of the problem space, and the share of SFT traces that
-    try, check and backtrack (d1's SFT data, s1K, is full of such self-corrections).
+    try, check and backtrack (d1's SFT data, s1K, is full of such self-corrections; none by default).
     """
 
     def __init__(self, seed=0, n_train=10_000, n_test=256, test_share=0.1, backtrack=BACKTRACK):

@@ -115,10 +115,24 @@ GRPO = ["train.py", "--stage", "grpo", "--steps=3", "--questions_per_step=2", "-
         "--dtype=float32", "--tasks=arith", "--device=cpu"]
 
 
+def assert_same_grpo_weights(got, expected, lr=grpo.GRPOConfig.lr):
+    """The weights of two GRPO runs that differ only in float rounding: equal to 1e-5 relative and
+    1e-7 absolute, but for a few weights whose gradient is ~0 (as test_distributed.assert_same_weights
+    explains, Adam divides by the gradient's own size, so rounding moves those by a part of a step;
+    measured: 2 of 114,688 in one tensor, by 4e-6 = 0.2 lr). At most 1 in 10,000 weights of a tensor
+    may differ more, and none by a whole step (lr)."""
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        off = ~torch.isclose(got[key], value, rtol=1e-5, atol=1e-7)
+        assert off.sum() <= value.numel() // 10_000, (key, int(off.sum()))
+        assert (got[key] - value).abs().max() < lr, key
+
+
 def test_grpo_on_two_processes_is_grpo_on_one(tmp_path):
     """3 steps, 2 questions x 3 rows a step: rank 0 samples question 0, rank 1 question 1; the loss is
     split in chunks of 2 rows (gradient accumulation under DDP). Every logged number but the seconds,
-    and every final weight, agree to float rounding (measured: ~5e-7 relative)."""
+    and every final weight, agree to float rounding (measured: ~5e-7 relative; the loss, a sum of
+    terms of size ~1 that nearly cancel to ~1e-2, to ~1e-7 absolute: the summation order differs)."""
     runs = {n: tmp_path / f"n{n}" for n in (1, 2)}
     out = {n: torchrun(n, *GRPO, f"--out_dir={out_dir}") for n, out_dir in runs.items()}
     assert out[2].count("grpo step") == 3  # rank 0 alone prints
@@ -129,11 +143,10 @@ def test_grpo_on_two_processes_is_grpo_on_one(tmp_path):
         assert one.keys() == two.keys()
         for key in one:
             if not key.startswith("seconds"):
-                assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-8), (one["step"], key)
+                assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (one["step"], key)
     assert any(row["loss"] != 0 for row in logs[1])  # the runs learn something to compare
     weights = {n: torch.load(out_dir / "ckpt.pt", weights_only=False)["model"] for n, out_dir in runs.items()}
-    for key, value in weights[1].items():
-        torch.testing.assert_close(weights[2][key], value, rtol=1e-5, atol=1e-7)
+    assert_same_grpo_weights(weights[2], weights[1])
     start = torch.load(ROOT / "checkpoints/tiny-sft.pt", weights_only=False)["model"]
     assert not torch.equal(weights[1]["model.transformer.wte.weight"], start["model.transformer.wte.weight"])
 

@@ -43,7 +43,7 @@ def test_generators_reproduce_the_original_data():
                 steps=(("-", 2), ("+", 6))),
         Example("Sam has 9 toys, uses 3, gives 6. How many?", 0, "9-3-6", numbers=(9,),
                 steps=(("-", 3), ("-", 6)))]
-    first_traces = {  # the first two SFT traces of each task, rng = random.Random(0)
+    first_traces = {  # the first two SFT traces of each task, rng = random.Random(0), backtrack 0.3
         "arith": ["<reasoning>5-2=3\n3+6=9</reasoning>\n<answer>9</answer>",
                   "<reasoning>9-3=6\n6-6=0</reasoning>\n<answer>0</answer>"],
         "countdown": ["<reasoning>5*3=15, 15-8=7 yes</reasoning>\n<answer>5*3-8</answer>",
@@ -55,7 +55,7 @@ def test_generators_reproduce_the_original_data():
     for name, task in TINY_TASKS.items():
         train, test = task.examples("train", 500), task.examples("test", 100)
         rng = random.Random(0)
-        traces = [task.sft_response(ex, rng) for ex in train]
+        traces = [task.sft_response(ex, rng, backtrack=0.3) for ex in train]  # pinned with the old default
         assert traces[:2] == first_traces[name]
         fields = [(ex.prompt, ex.answer, ex.key, ex.numbers, ex.steps, ex.puzzle) for ex in train + test]
         digests[name] = _digest((fields, traces))
@@ -100,14 +100,14 @@ def test_sft_and_direct_answers_pass_their_own_checks(name, longest):
     task, rng = TINY_TASKS[name], random.Random(0)
     responses = []
     for ex in task.examples("train", 300):
-        for response in (task.sft_response(ex, rng), task.direct_response(ex)):
+        for response in (task.sft_response(ex, rng, backtrack=0.3), task.direct_response(ex)):
             assert task.format_ok(response + EOT + EOS) and task.correct(response, ex) == 1.0, response
             responses.append(response)
         assert len(ex.prompt) <= 55
         assert task.rl_prompt(ex) == task.eval_prompt(ex) == ex.prompt and task.eval_prefix == ""
     assert max(map(len, responses)) <= longest
     backtracked = sum(" no" in r for r in responses) / (len(responses) / 2)
-    assert 0.2 < backtracked < 0.4  # the default share of self-correcting traces is 0.3
+    assert 0.2 < backtracked < 0.4  # the share of self-correcting traces asked for: 0.3
 
 
 # ----------------------------------------------------------------------------- rewards
