@@ -95,7 +95,7 @@ from distributed import all_gather_objects, all_sum, check_split, is_main, my_ro
 from estimators import ESTIMATORS, chunked_logps, completion_weights, estimate_logps, loss_logps, prompt_mask
 from eval import complete
 from lora import adapters_off
-from plot import plot_rewards
+from plot import plot_rewards, print_summaries
 from tasks_d1 import D1_TASK_NAMES, d1_task
 from tasks_tiny import get_tiny_tasks
 
@@ -486,6 +486,7 @@ def train_grpo(cfg: GRPOConfig):
             save_run(cfg, "grpo", model, optimizer, done, rng)  # rank 0 writes, the others wait
     if is_main():
         plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
+        print_summaries([Path(cfg.out_dir) / "metrics.jsonl"])  # the whole run in one line, as the README reports it
     finish(cfg, "grpo", model, optimizer, rng, time.time() - t0, tok)
     return model
 

@@ -5,12 +5,16 @@ Reward curves as a PNG, from the metrics.jsonl of GRPO runs (train_grpo draws it
     python plot.py out/a/metrics.jsonl out/b/metrics.jsonl --out=curves.png --labels="d1 sampler,dual cache"
 
 One run: each key per step (faint) and its moving average (bold). Several runs: one colour each,
-side by side on the same axes, so their rises compare at a glance.
+side by side on the same axes, so their rises compare at a glance. Every call also prints a table
+with each run's minutes, its reward and accuracy over the first and last 20% of steps, and the
+least-squares slope of the reward per step (with its standard error) and per minute of training:
+the README's figures for its RL runs come from it.
 matplotlib is optional: without it the picture is skipped with a message (the numbers are all
 in metrics.jsonl anyway).
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,6 +34,59 @@ def read_steps(metrics_path, stage="grpo"):
     if not rows:
         raise ValueError(f"{metrics_path}: no {stage} steps to plot")
     return rows
+
+
+def least_squares_slope(xs, ys):
+    """The slope of the least-squares line through (xs, ys) and its standard error (the usual
+    sqrt(residual variance / sum (x - mean x)^2), with n - 2 degrees of freedom)."""
+    n = len(xs)
+    if n < 3:
+        raise ValueError(f"a slope with a standard error needs at least 3 steps, got {n}")
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
+    residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in zip(xs, ys))
+    return slope, math.sqrt(residual / (n - 2) / sxx)
+
+
+def training_seconds(clock):
+    """Total seconds from the per-step `seconds` of metrics.jsonl, which count from the start of
+    the run; a resumed run starts counting again, so each drop starts a new segment."""
+    total, previous = 0.0, 0.0
+    for seconds in clock:
+        total += seconds - previous if seconds >= previous else seconds
+        previous = seconds
+    return total
+
+
+def summarize_run(metrics_path):
+    """One RL run in numbers: {steps, minutes, reward_first, reward_last, accuracy_first,
+    accuracy_last, slope, slope_se, slope_per_minute}. first / last: means over the first and last
+    20% of steps; slope: reward per step (least squares; nan for runs under 3 steps); per minute:
+    slope / mean minutes per step."""
+    rows = read_steps(metrics_path)
+    fifth = max(1, len(rows) // 5)
+    mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
+    slope, slope_se = (least_squares_slope([r["step"] for r in rows], [r["reward"] for r in rows])
+                       if len(rows) >= 3 else (math.nan, math.nan))
+    minutes = training_seconds([r.get("seconds", 0.0) for r in rows]) / 60
+    return {"steps": len(rows), "minutes": minutes,
+            "reward_first": mean("reward", rows[:fifth]), "reward_last": mean("reward", rows[-fifth:]),
+            "accuracy_first": mean("accuracy", rows[:fifth]), "accuracy_last": mean("accuracy", rows[-fifth:]),
+            "slope": slope, "slope_se": slope_se,
+            "slope_per_minute": slope * len(rows) / minutes if minutes else float("nan")}
+
+
+def print_summaries(metrics_paths, labels=None):
+    """A markdown table of summarize_run for each run."""
+    labels = labels or [str(Path(p).parent) for p in metrics_paths]
+    print("| run | steps | minutes | reward, first -> last 20% | slope per step (SE) | slope per minute "
+          "| accuracy, first -> last 20% |\n|---|---|---|---|---|---|---|")
+    for path, label in zip(metrics_paths, labels):
+        s = summarize_run(path)
+        print(f"| {label} | {s['steps']} | {s['minutes']:.1f} | {s['reward_first']:.3f} -> {s['reward_last']:.3f} "
+              f"| {s['slope'] * 1e3:.2f}e-3 ({s['slope_se'] * 1e3:.2f}e-3) | {s['slope_per_minute'] * 1e3:.2f}e-3 "
+              f"| {100 * s['accuracy_first']:.1f}% -> {100 * s['accuracy_last']:.1f}% |")
 
 
 def plot_rewards(metrics_paths, keys=("reward", "accuracy"), labels=None, out=None):
@@ -82,6 +139,7 @@ def main(argv):
     labels = options["labels"].split(",") if "labels" in options else None
     try:
         plot_rewards(paths, labels=labels, out=options.get("out"))
+        print_summaries(paths, labels)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         raise SystemExit(f"plot.py: error: {e}") from None
 

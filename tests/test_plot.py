@@ -1,5 +1,6 @@
 """plot.py: one run's reward curve, several runs side by side, and clear errors for bad input."""
 import json
+import math
 
 import pytest
 
@@ -47,3 +48,29 @@ def test_bad_input_is_refused_naming_the_problem(tmp_path, capsys):
         plot.main([str(tmp_path / "missing.jsonl")])
     with pytest.raises(SystemExit, match="unknown: --colour"):
         plot.main([str(a), "--colour=red"])
+
+
+def test_a_run_summary_gives_its_slope_minutes_and_first_and_last_fifth(tmp_path, capsys):
+    rewards = [0.1 + 0.01 * step for step in range(1, 11)]  # a straight line: slope 0.01, no scatter
+    path = write_metrics(tmp_path / "run" / "metrics.jsonl", rewards)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:  # 6 s per step, counted from the start; the run resumed after step 5
+        row["seconds"] = 6.0 * (row["step"] if row["step"] <= 5 else row["step"] - 5)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = plot.summarize_run(path)
+    assert summary["steps"] == 10 and summary["minutes"] == pytest.approx(1.0)
+    assert summary["slope"] == pytest.approx(0.01) and summary["slope_se"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["reward_first"] == pytest.approx(0.115) and summary["reward_last"] == pytest.approx(0.195)
+    assert summary["accuracy_last"] == pytest.approx(0.195 / 2)
+    assert summary["slope_per_minute"] == pytest.approx(0.1)  # 10 steps in one minute
+    plot.print_summaries([path], ["straight"])
+    assert "| straight | 10 | 1.0 | 0.115 -> 0.195 | 10.00e-3 (0.00e-3) | 100.00e-3 |" in capsys.readouterr().out
+    short = write_metrics(tmp_path / "short.jsonl", [0.1, 0.2])  # a two-step run: no slope, the rest as usual
+    assert math.isnan(plot.summarize_run(short)["slope"]) and plot.summarize_run(short)["reward_last"] == 0.2
+
+
+def test_the_slope_standard_error_grows_with_the_scatter():
+    slope, se = plot.least_squares_slope([1, 2, 3, 4], [0.0, 1.0, 0.0, 1.0])
+    assert slope == pytest.approx(0.2) and se == pytest.approx((0.8 / 2 / 5) ** 0.5)
+    with pytest.raises(ValueError, match="at least 3 steps, got 2"):
+        plot.least_squares_slope([1, 2], [0.0, 1.0])
