@@ -55,13 +55,18 @@ def weights(out_dir):
     return torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)["model"]
 
 
-def assert_same_weights(got, expected):
-    # Adam divides each gradient by its own running size, so a weight whose gradient is near 0
-    # (~eps) moves by an amount rounding can change: after 3 steps a handful of the 3.4M weights
-    # differ by a few 1e-6 (1-row micro-batches, the most reordered sums); atol is 1% of one step (lr).
+def assert_same_weights(got, expected, lr=1e-3, atol=1e-5):
+    """The weights of two runs that differ only in float rounding (summation order): equal to 1e-5
+    relative and atol absolute, but for a few weights whose gradient is ~0. Adam divides each gradient
+    by its own running size, so rounding can move such a weight by a part of one step (lr; measured:
+    1 of 180,224 in a pretraining tensor by 1.2e-5 = 0.012 lr on an AVX-512 CPU, 2 of 114,688 in a GRPO
+    tensor by 4e-6 = 0.2 lr). At most 1 in 10,000 weights of a tensor may differ more, and none by a
+    whole step. lr: the run's (pretraining's default here)."""
     assert got.keys() == expected.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
+    for key, value in expected.items():
+        off = ~torch.isclose(got[key], value, rtol=1e-5, atol=atol)
+        assert off.sum() <= value.numel() // 10_000, (key, int(off.sum()))
+        assert (got[key] - value).abs().max() < lr, key
 
 
 @pytest.fixture(scope="module")
