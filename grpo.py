@@ -486,7 +486,7 @@ def train_grpo(cfg: GRPOConfig):
             save_run(cfg, "grpo", model, optimizer, done, rng)  # rank 0 writes, the others wait
     if is_main():
         plot_rewards(Path(cfg.out_dir) / "metrics.jsonl")
-        print_summaries([Path(cfg.out_dir) / "metrics.jsonl"])  # the whole run in one line, as the README reports it
+        print_summaries([Path(cfg.out_dir) / "metrics.jsonl"])  # minutes, reward first -> last 20%, slope (README)
     finish(cfg, "grpo", model, optimizer, rng, time.time() - t0, tok)
     return model
 
