@@ -65,11 +65,15 @@ def summarize_run(metrics_path):
     20% of steps; slope: reward per step (least squares; nan for runs under 3 steps); per minute:
     slope / mean minutes per step."""
     rows = read_steps(metrics_path)
+    # A single step's reward is noisy (each step sees a few new questions), so the run's start and end
+    # are the means over a fifth of its steps, and its trend is a line fitted through every step.
     fifth = max(1, len(rows) // 5)
     mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
     slope, slope_se = (least_squares_slope([r["step"] for r in rows], [r["reward"] for r in rows])
                        if len(rows) >= 3 else (math.nan, math.nan))
     minutes = training_seconds([r.get("seconds", 0.0) for r in rows]) / 60
+    # slope per minute = slope per step x steps per minute: what a minute of training buys, the
+    # figure that compares estimators whose steps cost different times
     return {"steps": len(rows), "minutes": minutes,
             "reward_first": mean("reward", rows[:fifth]), "reward_last": mean("reward", rows[-fifth:]),
             "accuracy_first": mean("accuracy", rows[:fifth]), "accuracy_last": mean("accuracy", rows[-fifth:]),
