@@ -48,8 +48,9 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
      code samples each process's batch with one generator.
 
   7. The tiny run's rollouts read Fast-dLLM's approximate dual KV cache (cache="dual",
-     diffusion.generate): 3x faster rollouts, so the default run fits 10 minutes on 2 cores, with the
-     same rise of the reward curve as d1's sampler (README, "Fast sampling"). --cache=none gives
+     diffusion.generate): 3x faster rollouts, so the default run fits 10 minutes on 2 cores with fast
+     bf16 (not on fp32-only ones: README, "Quick start"), with the same rise of the reward curve as
+     d1's sampler (README, "Fast sampling"). --cache=none gives
      d1's sampler; --preset=d1 uses it.
 
 --threshold adds Fast-dLLM's parallel decoding (off by default): with random remasking a step commits
