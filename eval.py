@@ -455,7 +455,7 @@ class EvalConfig:
     evaluation of a LLaDA model."""
 
     ckpt: str = ""  # mode 1: a project checkpoint to evaluate on the tiny tasks' test sets
-    table: bool = False  # mode 2: the tiny d1 table (the four shipped checkpoints)
+    table: bool = False  # mode 2: the tiny d1 table (the shipped checkpoints: four rows, then the estimator rows)
     rescore: tuple[str, ...] = ()  # mode 3: d1 generation .json files, scored with d1's evaluation parsing
     model: str = ""  # mode 4: a LLaDA folder (or .pt) evaluated on d1's --task, writing d1's generation file
     task: str = ""  # --model: gsm8k, math, countdown or sudoku; --rescore: the task, when file names do not tell

@@ -18,6 +18,20 @@ The loss (diffusion.diffusion_loss) noises only the response and the padding, an
 row's sum by its answer length (T - P). The EOS padding is scored too: that is how a diffusion
 model, which writes every position of a fixed-length canvas, learns where its answer ends.
 
+--trace_drills=0.25 drills a quarter of each batch's SFT rows the way the sampler meets them: the
+trace is cut at a random step (after an "=", a comma, a line or a tag), everything before the cut
+stays clean and everything from it to the end of the row is masked (diffusion_loss's drill rows,
+scored at full noise):
+
+    P P P P P  <reasoning>5-2=3\n3+6=  M M M M M M M M M M M M M M M M    cut after "3+6="
+                                    |-- masked: "9</reasoning>..." and the padding --|
+
+so each step's result is learned with its question and the steps before it in view, as the
+semi-autoregressive sampler writes it. Under random masking a result is almost never seen that
+way (README, "Moving the table", items 2 and 9). --drill_share=0.25 adds pretraining's packed
+arithmetic drills as a quarter of each batch's rows. Both are off by default (item 9 has what
+they did); step_accuracy, printed at the end of a run, measures the step results a model gets right.
+
 This file builds the examples and the batches; the loop is pretraining's (pretrain.denoising_loop),
 which SFT shares: the two stages differ only in their batches.
 """
@@ -30,11 +44,11 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_tokenizer
-from common import ConfigError, FinetuneConfig, check_choice, check_range, init_model, mix_seed, start_run
+from common import ConfigError, FinetuneConfig, autocast, check_choice, check_range, init_model, mix_seed, start_run
 from data_d1 import s1k_examples
 from distributed import check_split, is_main
-from pretrain import denoising_loop
-from tasks_tiny import BACKTRACK, get_tiny_tasks
+from pretrain import denoising_loop, pack_drills
+from tasks_tiny import BACKTRACK, get_tiny_tasks, pretrain_drills
 from tokenizer import EOT
 
 
@@ -74,6 +88,8 @@ class SFTConfig(FinetuneConfig):
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)
     holdout: int = 0  # --data: leave out the last N rows (d1 holds out 10 of s1K's 1,000)
     long_rows: str = "error"  # a row longer than seq_len: error, cut (keep its first seq_len tokens) or drop
+    trace_drills: float = 0.0  # share of each batch's SFT rows cut at a random step, the rest masked; 0 = none
+    drill_share: float = 0.0  # share of each batch's rows that pack arithmetic drills, as pretraining's; 0 = none
 
     PRESETS: ClassVar[dict] = {"d1": d1_sft_preset}
 
@@ -82,9 +98,12 @@ class SFTConfig(FinetuneConfig):
         check_range(self, 1, None, "batch_size", "n_per_task")
         check_range(self, 2, None, "seq_len")
         check_range(self, 0, None, "holdout")
-        check_range(self, 0, 1, "backtrack")
+        check_range(self, 0, 1, "backtrack", "trace_drills", "drill_share")
         check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
         check_choice("long_rows", self.long_rows, ("error", "cut", "drop"))
+        if round(self.drill_share * self.batch_size) >= self.batch_size:
+            raise ConfigError(f"--drill_share={self.drill_share} leaves none of the {self.batch_size} rows per "
+                              f"step (--batch_size) for SFT's own examples")
 
 
 def sft_examples(tasks, n_per_task, seed, backtrack=BACKTRACK):
@@ -145,6 +164,85 @@ def sft_batch(step, batch_size, ids, prompt_lengths, seed):
     return ids[order], prompt_lengths[order]
 
 
+STEP_ENDS = ("=", ",", "\n", ">")  # a trace's step ends with one of these: a cut may follow it
+
+
+def step_end_tokens(tok):
+    """(V,) bool: which token ids end with a step end (STEP_ENDS), e.g. "=" or ">\n"."""
+    return torch.tensor([tok.decode([i]).endswith(STEP_ENDS) for i in range(tok.n_vocab)])
+
+
+def trace_drills(x0, prompt_lengths, step_ends, eot_id, n_rows, generator):
+    """The drill rows of a batch: its last n_rows rows, each cut at a random step of its response.
+
+    x0: (B, T) rows of prompt, response, <|eot_id|>, EOS padding; step_ends: (V,) bool from
+    step_end_tokens. A row's cut is drawn uniformly from the start of its response and every
+    position of the response right after a step-ending token; returns answers (B, T) bool: True
+    from the cut to the end of the row, in the drill rows only (diffusion_loss's `answers`).
+        tokens   P P P  5 - 2 =  3 \n  3 + 6 =  9 <eot> E E
+        cuts            ^        ^      ^        ^              (one of these, uniformly)"""
+    B, T = x0.shape
+    positions = torch.arange(T)  # (T,)
+    after_step_end = torch.zeros_like(x0, dtype=torch.bool)  # (B, T)
+    after_step_end[:, 1:] = step_ends[x0[:, :-1]]
+    is_eot = (x0 == eot_id) & (positions >= prompt_lengths[:, None])  # (B, T) (the prompt has its own)
+    eot_at = torch.where(is_eot.any(dim=1), is_eot.int().argmax(dim=1), T - 1)  # (B,) a cut row: its end
+    in_response = (positions >= prompt_lengths[:, None]) & (positions <= eot_at[:, None])  # (B, T)
+    cuts = in_response & (after_step_end | (positions == prompt_lengths[:, None]))  # (B, T)
+    scores = torch.rand(B, T, generator=generator).masked_fill(~cuts, -1.0)  # (B, T)
+    cut_at = scores.argmax(dim=1)  # (B,) a uniform choice among each row's cuts
+    answers = positions >= cut_at[:, None]  # (B, T)
+    answers[:B - n_rows] = False  # only the last n_rows rows are drills
+    return answers
+
+
+def sft_step_batch(step, cfg, tok, ids, prompt_lengths, step_ends=None):
+    """The batch of an optimizer step, a pure function of (seed, step): SFT rows (sft_batch), the
+    last --trace_drills share of them cut at a step (trace_drills), then --drill_share of the batch
+    in rows of packed arithmetic drills, as pretraining's. Returns x0 (B, T), prompt lengths (B,)
+    and the drill rows' answers (B, T) bool, or None without drills (diffusion_loss's `answers`)."""
+    n_facts = round(cfg.drill_share * cfg.batch_size)
+    x0, lengths = sft_batch(step, cfg.batch_size - n_facts, ids, prompt_lengths, cfg.seed)  # (b, T), (b,)
+    n_traces = round(cfg.trace_drills * x0.size(0))
+    if not n_traces and not n_facts:
+        return x0, lengths, None
+    answers = torch.zeros_like(x0, dtype=torch.bool)  # (b, T)
+    if n_traces:
+        cut_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the cuts: a function of step
+        answers = trace_drills(x0, lengths, step_ends, tok.eot_id, n_traces, cut_gen)
+    if n_facts:
+        facts, fact_answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, x0.size(1), n_facts)
+        x0, answers = torch.cat([x0, facts]), torch.cat([answers, fact_answers])  # (B, T)
+        lengths = torch.cat([lengths, torch.zeros(n_facts, dtype=torch.long)])  # (B,)
+    return x0, lengths, answers
+
+
+def step_accuracy(model, tok, task, device, dtype, n=200, split="test", seq_len=160):
+    """The share of a task's step results the model fills in right when it reads the steps before them:
+    for each "=" of the gold traces of n questions, the row up to the "=" clean and everything after it
+    masked, one greedy read of the token after it. Returns None for a task without "=" (Sudoku).
+
+        P P P  <reasoning>5-2=  M M M M ...     right if the model's top token here is "3"
+
+    This is how the semi-autoregressive sampler meets a result, and how --trace_drills trains it."""
+    rows, at = [], []  # (R, T) masked rows, and (row, position) of each result
+    for ex in task.examples(split, n):
+        ids, P = encode_example(tok, task.rl_prompt(ex), task.sft_response(ex, random.Random(0), 0.0), seq_len)
+        for j in range(P + 1, len(ids)):
+            if tok.decode([ids[j - 1]]).endswith("="):
+                rows.append(ids[:j] + [tok.mask_id] * (len(ids) - j))
+                at.append((j, ids[j]))
+    if not rows:
+        return None
+    was_training = model.training
+    model.eval()
+    x = torch.tensor(rows, device=device)  # (R, T)
+    with torch.no_grad(), autocast(device, dtype):
+        guesses = torch.cat([model(x[i:i + 64]).argmax(-1) for i in range(0, len(x), 64)])  # (R, T)
+    model.train(was_training)
+    return sum(guesses[r, j].item() == gold for r, (j, gold) in enumerate(at)) / len(at)
+
+
 def train_sft(cfg: SFTConfig):
     device = start_run(cfg, "sft")
     tok = load_tokenizer(cfg.init)  # the tiny tokenizer, or a LLaDA folder's tokenizer.json
@@ -161,5 +259,12 @@ def train_sft(cfg: SFTConfig):
         raise ConfigError(f"--seq_len={cfg.seq_len}: more than the model's context of "
                           f"{model.config.max_sequence_length} tokens ({cfg.init})")
     print(f"SFT set: {ids.size(0)} rows of {ids.size(1)} tokens; e.g. {str(examples[0])[:300]}")
-    batch_at = lambda step: (*sft_batch(step, cfg.batch_size, ids, prompt_lengths, cfg.seed), None)  # noqa: E731
-    return denoising_loop(cfg, "sft", model, tok, device, batch_at)
+    step_ends = step_end_tokens(tok) if cfg.trace_drills else None
+    batch_at = lambda step: sft_step_batch(step, cfg, tok, ids, prompt_lengths, step_ends)  # noqa: E731
+    model = denoising_loop(cfg, "sft", model, tok, device, batch_at)
+    if not cfg.data:  # how many step results the traces taught (README, "Moving the table", 9)
+        for task in get_tiny_tasks(cfg.tasks):  # on every process: a sharded (--fsdp) forward needs them all
+            share = step_accuracy(model, tok, task, device, cfg.dtype, seq_len=cfg.seq_len)
+            if share is not None and is_main():
+                print(f"{task.name}: {share:.1%} of the test traces' step results right, the steps before in view")
+    return model

@@ -78,3 +78,84 @@ def test_backtrack_share_sets_how_many_traces_try_check_and_retry():
         for (question, response), ex in zip(sft.sft_examples([task], 40, seed=2, backtrack=0.0),
                                             task.examples("train", 40)):
             assert question == task.rl_prompt(ex) and task.correct(response, ex) == 1.0 and task.format_ok(response)
+
+
+def test_trace_drills_cut_each_drill_row_at_a_step_and_mask_the_rest():
+    """--trace_drills: the last rows of a batch are cut right after a step end (or at the response's
+    start), clean before the cut, masked from it to the row's end; the other rows are untouched;
+    over many draws every step of a trace is a cut."""
+    tok = Tokenizer.tiny()
+    response = "<reasoning>5-2=3\n3+6=9</reasoning>\n<answer>9</answer>"
+    ids, P = sft.encode_example(tok, "Ivy has 5 keys, sells 2, finds 6. How many?", response, 64)
+    x0, lengths = torch.tensor([ids, ids, ids]), torch.tensor([P, P, P])
+    step_ends = sft.step_end_tokens(tok)
+    cut_texts = set()
+    for seed in range(200):
+        answers = sft.trace_drills(x0, lengths, step_ends, tok.eot_id, 2, torch.Generator().manual_seed(seed))
+        assert not answers[0].any()  # the first row is not a drill
+        for row in answers[1:]:
+            cut = int(row.int().argmax())
+            assert row[cut:].all() and not row[:cut].any()  # clean before the cut, masked after it
+            before = tok.decode(ids[P:cut])
+            assert cut == P or before.endswith(sft.STEP_ENDS)
+            cut_texts.add(before)
+    assert cut_texts == {"", "<reasoning>", "<reasoning>5-2=", "<reasoning>5-2=3\n", "<reasoning>5-2=3\n3+6=",
+                         "<reasoning>5-2=3\n3+6=9</reasoning>\n", "<reasoning>5-2=3\n3+6=9</reasoning>\n<answer>",
+                         response}  # the last: cut after "</answer>", only the end of turn to write
+
+
+def test_drill_shares_are_checked():
+    import common
+    with pytest.raises(common.ConfigError, match="trace_drills"):
+        sft.SFTConfig(trace_drills=1.5)
+    with pytest.raises(common.ConfigError, match="drill_share=1"):
+        sft.SFTConfig(drill_share=1.0)  # no row left for the SFT examples
+
+
+def test_a_step_batch_has_sft_rows_then_trace_drills_then_fact_drills():
+    """sft_step_batch: B rows = SFT rows (the last --trace_drills share of them cut at a step), then
+    --drill_share of the batch in packed arithmetic drills with prompt length 0; seeded by step."""
+    tok = Tokenizer.tiny()
+    ids, P = sft.encode_dataset(tok, sft.sft_examples(list(TINY_TASKS.values()), 4, seed=0), 96)
+    cfg = sft.SFTConfig(batch_size=8, trace_drills=0.5, drill_share=0.25)
+    x0, lengths, answers = sft.sft_step_batch(3, cfg, tok, ids, P, sft.step_end_tokens(tok))
+    assert x0.shape == answers.shape == (8, 96) and lengths.shape == (8,)
+    assert not answers[:3].any() and answers[3:].any(dim=1).all()  # 6 SFT rows, 3 of them cut; 2 fact rows
+    assert torch.equal(x0[:6], sft.sft_batch(3, 6, ids, P, cfg.seed)[0])
+    assert (lengths[6:] == 0).all() and "=" in tok.decode(x0[6].tolist())
+    again = sft.sft_step_batch(3, cfg, tok, ids, P, sft.step_end_tokens(tok))
+    assert all(torch.equal(a, b) for a, b in zip((x0, lengths, answers), again))
+    plain = sft.sft_step_batch(3, sft.SFTConfig(batch_size=8), tok, ids, P)
+    assert plain[2] is None and torch.equal(plain[0], sft.sft_batch(3, 8, ids, P, cfg.seed)[0])
+
+
+class ArithOracle(torch.nn.Module):
+    """A stand-in model that reads "a+b=" or "a-b=" just before each position and puts all its
+    weight on the right digit there if it and the rest of the row are masked (else on EOS): right
+    exactly where a row shows a step's question in full and hides what follows; off by one with `slip`."""
+
+    def __init__(self, tok, slip=0):
+        super().__init__()
+        self.tok, self.slip = tok, slip
+        self.digit = {tok.encode(str(d))[0]: d for d in range(10)}
+        self.op = {tok.encode(o)[0]: o for o in "+-"}
+
+    def forward(self, x):  # (B, T) -> (B, T, V)
+        logits = torch.zeros(*x.shape, self.tok.n_vocab)
+        logits[..., self.tok.eos_id] = 1.0
+        eq = self.tok.encode("=")[0]
+        for r, j in (x[:, :-1] == eq).nonzero().tolist():
+            a, op, b = (x[r, j - k].item() for k in (3, 2, 1))
+            hidden = (x[r, j + 1:] == self.tok.mask_id).all()  # the result and all after it masked
+            if a in self.digit and op in self.op and b in self.digit and hidden:
+                value = self.digit[a] + self.digit[b] if self.op[op] == "+" else self.digit[a] - self.digit[b]
+                logits[r, j + 1, self.tok.encode(str((value + self.slip) % 10))[0]] = 2.0
+        return logits
+
+
+def test_step_accuracy_reads_each_result_with_the_steps_before_it_in_view():
+    tok = Tokenizer.tiny()
+    arith, sudoku = TINY_TASKS["arith"], TINY_TASKS["sudoku"]
+    assert sft.step_accuracy(ArithOracle(tok), tok, arith, torch.device("cpu"), "float32", n=20) == 1.0
+    assert sft.step_accuracy(ArithOracle(tok, slip=1), tok, arith, torch.device("cpu"), "float32", n=20) == 0.0
+    assert sft.step_accuracy(ArithOracle(tok), tok, sudoku, torch.device("cpu"), "float32", n=5) is None
