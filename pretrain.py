@@ -115,11 +115,17 @@ def pretrain_batch(step, cfg, tok):
     ids, prompt_lengths = ids[:n_text], prompt_lengths[:n_text]
     if n_text == cfg.batch_size:  # no drill rows (--drill_share=0, or too small for one row)
         return ids, prompt_lengths, None
-    drills, answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, cfg.seq_len,
-                                  cfg.batch_size - n_text)
-    answers = torch.cat([torch.zeros_like(ids, dtype=torch.bool), answers])  # (B, T)
-    prompt_lengths = torch.cat([prompt_lengths, torch.zeros(len(drills), dtype=torch.long)])  # (B,)
-    return torch.cat([ids, drills]), prompt_lengths, answers
+    return add_drill_rows(ids, prompt_lengths, torch.zeros_like(ids, dtype=torch.bool),
+                          cfg.batch_size - n_text, tok, seed=mix_seed(cfg.seed, step))
+
+
+def add_drill_rows(ids, prompt_lengths, answers, n_rows, tok, seed):
+    """Append n_rows rows of packed arithmetic drills (pack_drills) to a batch: ids (b, T), prompt
+    lengths (b,) and drill answers (b, T) become (b + n_rows, ...), the drills with prompt length 0.
+    Pretraining's and SFT's --drill_share rows both come from here."""
+    drills, drill_answers = pack_drills(pretrain_drills(seed=seed), tok, ids.size(1), n_rows)
+    prompt_lengths = torch.cat([prompt_lengths, torch.zeros(n_rows, dtype=torch.long)])  # (B,)
+    return torch.cat([ids, drills]), prompt_lengths, torch.cat([answers, drill_answers])
 
 
 def train_pretrain(cfg: PretrainConfig):

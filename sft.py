@@ -47,8 +47,8 @@ from checkpoint import load_tokenizer
 from common import ConfigError, FinetuneConfig, autocast, check_choice, check_range, init_model, mix_seed, start_run
 from data_d1 import s1k_examples
 from distributed import check_split, is_main
-from pretrain import denoising_loop, pack_drills
-from tasks_tiny import BACKTRACK, get_tiny_tasks, pretrain_drills
+from pretrain import add_drill_rows, denoising_loop
+from tasks_tiny import BACKTRACK, get_tiny_tasks
 from tokenizer import EOT
 
 
@@ -210,10 +210,8 @@ def sft_step_batch(step, cfg, tok, ids, prompt_lengths, step_ends=None):
     if n_traces:
         cut_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the cuts: a function of step
         answers = trace_drills(x0, lengths, step_ends, tok.eot_id, n_traces, cut_gen)
-    if n_facts:
-        facts, fact_answers = pack_drills(pretrain_drills(seed=mix_seed(cfg.seed, step)), tok, x0.size(1), n_facts)
-        x0, answers = torch.cat([x0, facts]), torch.cat([answers, fact_answers])  # (B, T)
-        lengths = torch.cat([lengths, torch.zeros(n_facts, dtype=torch.long)])  # (B,)
+    if n_facts:  # (B, T), (B,), (B, T)
+        x0, lengths, answers = add_drill_rows(x0, lengths, answers, n_facts, tok, seed=mix_seed(cfg.seed, step))
     return x0, lengths, answers
 
 
