@@ -140,7 +140,7 @@ class GRPOConfig(FinetuneConfig):
     steps: int = 50  # rollout rounds of mu updates each; tiny (d1: 475-642 rounds on 8 A100s)
     questions_per_step: int = 9  # tiny: 3 per task, so every step mixes the tasks alike (d1: 16, one task)
     group_size: int = 6  # G, d1
-    gen_length: int = 96  # tiny: the longest SFT trace (Sudoku, 94 tokens with <|eot_id|>) fits (d1: 256)
+    gen_length: int = 96  # tiny: every SFT trace fits (Sudoku's longest: 77 tokens, 95 backtracking; d1: 256)
     block_length: int = 32  # d1
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1

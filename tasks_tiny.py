@@ -23,6 +23,9 @@ Deviations from d1 (Zhao et al. 2025, arXiv 2504.12216), on purpose:
 4. The SFT traces are generated, not taken from s1K as in d1's masked SFT (Sec. 3.1), and by default
    go straight to the answer. s1K's traces try, check and backtrack; ours can too (sft.py
    --backtrack=0.3), but the tiny model then learns the slips they show (README, "Moving the table").
+5. Sudoku asks 8-12 blanks (d1's test puzzles have 8), and the pretraining corpus holds easier puzzles
+   (4-8 blanks) than SFT, RL and the test: pretrained on puzzles like the test's, the base model
+   answered them in one line at 98%, leaving SFT and RL nothing to add (README, "Moving the table", item 12).
 """
 import functools
 import itertools
@@ -101,6 +104,11 @@ class TinyTask(Task):
                 out.append(ex)
         return out
 
+    def _pretrain_sample(self, rng: random.Random) -> Example:
+        """One problem for the pretraining corpus: a train problem like SFT's and RL's, unless the
+        task gives its base model easier ones (Sudoku)."""
+        return self._sample(rng, "train")
+
     def sft_response(self, ex: Example, rng: random.Random, backtrack: float | None = None) -> str:
         """d1's format with a step-by-step trace; a `backtrack` share of traces (default: the task's)
         try, check and retry."""
@@ -120,7 +128,7 @@ class TinyTask(Task):
         the chat template with a direct answer (so the base model answers in format); PRETRAIN_MIX."""
         kinds, weights = zip(*self.PRETRAIN_MIX.items())
         while True:  # one text per train problem drawn: a fact, the worked problem, or a chat
-            ex = self._sample(rng, "train")
+            ex = self._pretrain_sample(rng)
             if self.split_of(ex) != "train":
                 continue
             kind = rng.choices(kinds, weights)[0]
@@ -377,22 +385,27 @@ class TinySudoku(TinyTask):
 
         task = TinySudoku()
         ex = task.examples("test", 1)[0]
-        ex.prompt   # e.g. "Sudoku: 1204340021034021"   ex.answer == "1234341221434321"
+        ex.prompt   # e.g. "Sudoku: 0320210032000002"   ex.answer == "4321214332141432"
         task.sft_response(ex, random.Random(0))
-        # "<reasoning>1234341201034321\n1234341221434321</reasoning>\n<answer>1234341221434321</answer>"
+        # "<reasoning>4320210032000402\n4321210032001402\n4321214332141432</reasoning>\n"
+        # "<answer>4321214332141432</answer>": two rounds of filling, then the solution
         task.rewards("<reasoning></reasoning>\n<answer>1234341221434321</answer>", ex)
         # {'correct': 1.0}: the share of blanks filled right, d1's Sudoku reward (it has no format term)
 
     Only 288 solved grids exist, so splitting puzzles would leak test solutions into training: the
     split is by solution grid, the test_share of the grids with the smallest hashes (29 of 288 by
-    default). Knob: blanks (fewest, most; d1's test puzzles have 8): with 4, 14 in 15 blanks have a
-    single candidate given the clues, with 8 about 6 in 10, so the default mixes easy and hard.
+    default). Knobs: blanks (fewest, most) of the SFT, RL and test puzzles; pretrain_blanks of the
+    pretraining corpus's; trace_lines, the most lines of an SFT trace. With 4 blanks 14 in 15 have a
+    single candidate given the clues, with 8 about 6 in 10; 12 is the most a 4x4 puzzle with a unique
+    solution can have. The base model pretrains on 4-8 blanks, which it answers in one line at 98%;
+    the task asks 8-12 (d1's test puzzles have 8), so that its base row is not at the ceiling and a
+    trace has rounds to get right (README, "Moving the table", items 4 and 12).
     """
     name = "sudoku"
 
-    def __init__(self, blanks=(4, 8), **kw):
+    def __init__(self, blanks=(8, 12), pretrain_blanks=(4, 8), trace_lines=3, **kw):
         super().__init__(**kw)
-        self.blanks = blanks
+        self.blanks, self.pretrain_blanks, self.trace_lines = blanks, pretrain_blanks, trace_lines
         by_hash = sorted(sudoku_grids(), key=lambda grid: zlib.crc32(grid.encode()))
         n_test = round(self.test_share * len(by_hash))
         self.grids = {"test": sorted(by_hash[:n_test]), "train": sorted(by_hash[n_test:])}
@@ -400,15 +413,18 @@ class TinySudoku(TinyTask):
     def split_of(self, ex):
         return "test" if ex.answer in self.grids["test"] else "train"
 
-    def _sample(self, rng, split):
+    def _sample(self, rng, split, blanks=None):
         grid = rng.choice(self.grids[split])
-        n_blanks = rng.randint(*self.blanks)
+        n_blanks = rng.randint(*(blanks or self.blanks))
         for _ in range(1000):  # blank random cells until the puzzle has a single solution
             blanks = set(rng.sample(range(16), n_blanks))
             puzzle = "".join("0" if i in blanks else d for i, d in enumerate(grid))
             if len(sudoku_solutions(puzzle)) == 1:
                 return Example(f"Sudoku: {puzzle}", grid, puzzle, puzzle=puzzle)
         raise ValueError(f"no puzzle with {n_blanks} blanks and a unique solution found; use fewer blanks")
+
+    def _pretrain_sample(self, rng):
+        return self._sample(rng, "train", self.pretrain_blanks)
 
     def _rounds(self, ex):
         """The grids after each round of filling: a round fills every blank that has a single
@@ -423,19 +439,23 @@ class TinySudoku(TinyTask):
         return grids
 
     def _solve(self, ex, rng, backtrack):
-        """The reasoning is the grid, rewritten after each round of filling, so every digit of a line
-        sits one line (17 tokens) below the same cell of the line before: a tiny model copies by
-        position easily. Backtracking writes one round first with a digit that its row, column or box
+        """The reasoning is the grid after each of the first rounds of filling, then the solved grid:
+        trace_lines lines at most, the last rounds written at once. Every digit of a line sits one
+        line (17 tokens) below the same cell of the line before, and the answer comes after at most
+        trace_lines lines: a tiny model copies by position easily. (A line per round, as the
+        pretraining corpus's worked puzzles have, runs to 5 lines at 8-12 blanks, and a model SFT'd
+        on those did not stop writing lines; README, "Moving the table", item 12, has what 2, 3 and
+        every line gave.) Backtracking writes one line first with a digit that its row, column or box
         already holds, marked " no"."""
         grids = self._rounds(ex)
-        lines = list(grids)
-        if backtrack and len(grids) < 3:  # 3+ rounds and a wrong line would not fit gen_length 96
-            k = rng.randrange(len(grids))
-            before = ex.puzzle if k == 0 else grids[k - 1]
+        lines = grids[:self.trace_lines - 1] + grids[-1:] if len(grids) > self.trace_lines else grids
+        if backtrack:
+            k = rng.randrange(len(lines))
+            before = ex.puzzle if k == 0 else lines[k - 1]
             i = rng.choice([i for i, c in enumerate(before) if c == "0"])
             taken = sorted({before[j] for j in PEERS[i]} - {"0"})
             if taken:
-                wrong = grids[k][:i] + rng.choice(taken) + grids[k][i + 1:]
+                wrong = lines[k][:i] + rng.choice(taken) + lines[k][i + 1:]
                 lines.insert(k, wrong + " no")
         return "\n".join(lines), ex.answer
 

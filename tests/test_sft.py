@@ -116,10 +116,10 @@ def test_a_step_batch_has_sft_rows_then_trace_drills_then_fact_drills():
     """sft_step_batch: B rows = SFT rows (the last --trace_drills share of them cut at a step), then
     --drill_share of the batch in packed arithmetic drills with prompt length 0; seeded by step."""
     tok = Tokenizer.tiny()
-    ids, P = sft.encode_dataset(tok, sft.sft_examples(list(TINY_TASKS.values()), 4, seed=0), 96)
+    ids, P = sft.encode_dataset(tok, sft.sft_examples(list(TINY_TASKS.values()), 4, seed=0), 128)
     cfg = sft.SFTConfig(batch_size=8, trace_drills=0.5, drill_share=0.25)
     x0, lengths, answers = sft.sft_step_batch(3, cfg, tok, ids, P, sft.step_end_tokens(tok))
-    assert x0.shape == answers.shape == (8, 96) and lengths.shape == (8,)
+    assert x0.shape == answers.shape == (8, 128) and lengths.shape == (8,)
     assert not answers[:3].any() and answers[3:].any(dim=1).all()  # 6 SFT rows, 3 of them cut; 2 fact rows
     assert torch.equal(x0[:6], sft.sft_batch(3, 6, ids, P, cfg.seed)[0])
     assert (lengths[6:] == 0).all() and "=" in tok.decode(x0[6].tolist())

@@ -26,16 +26,18 @@ def _digest(obj) -> str:
     return hashlib.sha256(repr(obj).encode()).hexdigest()[:16]
 
 
-# Produced by the code before tasks.py was split (commit 2b1b145), which made the shipped checkpoints'
-# data: a change here changes every pretraining batch, SFT row and RL question.
+# Produced by the code before tasks.py was split (commit 2b1b145), which made the shipped base's data:
+# a change here changes every pretraining batch, SFT row and RL question. Sudoku's SFT, RL and test
+# puzzles have had 8-12 blanks and traces of three lines at most since (README, "Moving the table",
+# item 12); its pretraining texts kept their 4-8 blanks and a line per round, so "pretrain" holds.
 FIRST_PRETRAIN_TEXTS = ["1342\n4213\n2431\n3124", "8*1=8", "Sudoku: 2130401210203240\n2134431214233241"]
-DIGESTS = {"pretrain": "978019e0be980df9", "countdown": "d4693421ab5c1210", "sudoku": "1f72766026022547",
+DIGESTS = {"pretrain": "978019e0be980df9", "countdown": "d4693421ab5c1210", "sudoku": "b55756b4167a80ba",
            "arith": "13fd6af75fa36e82", "grids": "8216d19513a4a3f6"}
 
 
 def test_generators_reproduce_the_original_data():
     assert list(itertools.islice(pretrain_corpus(seed=0), 3)) == FIRST_PRETRAIN_TEXTS
-    assert [task.eval_prompt(ex) for task, ex in sample_items()] == ["Numbers: [8, 8, 5]\nTarget: 4", "Sudoku: 0214043201202041",
+    assert [task.eval_prompt(ex) for task, ex in sample_items()] == ["Numbers: [8, 8, 5]\nTarget: 4", "Sudoku: 0210040001202001",
                                 "Uma has 2 keys, buys 7, sells 3, buys 2. How many?"]
     arith = TINY_TASKS["arith"]
     assert arith.examples("train", 2) == [
@@ -48,8 +50,9 @@ def test_generators_reproduce_the_original_data():
                   "<reasoning>9-3=6\n6-6=0</reasoning>\n<answer>0</answer>"],
         "countdown": ["<reasoning>5*3=15, 15-8=7 yes</reasoning>\n<answer>5*3-8</answer>",
                       "<reasoning>9+3=12, 12+6=18 no\n6-3=3, 9/3=3 yes</reasoning>\n<answer>9/(6-3)</answer>"],
-        "sudoku": ["<reasoning>0312213434211243\n4312213434211243</reasoning>\n<answer>4312213434211243</answer>",
-                   "<reasoning>1243431220340021\n1243431221343421</reasoning>\n<answer>1243431221343421</answer>"]}
+        "sudoku": ["<reasoning>4312210034201243\n4312213434211243</reasoning>\n<answer>4312213434211243</answer>",
+                   "<reasoning>0020201430000132\n0023231430414132\n1423231432414132</reasoning>\n"
+                   "<answer>1423231432414132</answer>"]}
     digests = {"pretrain": _digest(list(itertools.islice(pretrain_corpus(seed=0), 2000))),
                "grids": _digest(sudoku_grids())}
     for name, task in TINY_TASKS.items():
@@ -86,8 +89,8 @@ def test_every_puzzle_is_solvable():
         expr, _ = countdown.solution(ex, random.Random(0))
         assert scoring.countdown_correct(expr, ex.numbers, ex.answer)
         assert ex.prompt == f"Numbers: [{', '.join(map(str, ex.numbers))}]\nTarget: {ex.answer}"
-    for ex in TinySudoku(blanks=(4, 8)).examples("test", 200):
-        assert sudoku_solutions(ex.puzzle) == [ex.answer] and 4 <= ex.puzzle.count("0") <= 8
+    for ex in TINY_TASKS["sudoku"].examples("test", 200):
+        assert sudoku_solutions(ex.puzzle) == [ex.answer] and 8 <= ex.puzzle.count("0") <= 12
     for ex in TinyArith().examples("test", 200):
         value = ex.numbers[0]
         for op, b in ex.steps:
@@ -95,7 +98,7 @@ def test_every_puzzle_is_solvable():
         assert value == ex.answer and value >= 0
 
 
-@pytest.mark.parametrize("name, longest", [("arith", 100), ("countdown", 100), ("sudoku", 125)])
+@pytest.mark.parametrize("name, longest", [("arith", 100), ("countdown", 100), ("sudoku", 130)])
 def test_sft_and_direct_answers_pass_their_own_checks(name, longest):
     task, rng = TINY_TASKS[name], random.Random(0)
     responses = []
@@ -108,6 +111,21 @@ def test_sft_and_direct_answers_pass_their_own_checks(name, longest):
     assert max(map(len, responses)) <= longest
     backtracked = sum(" no" in r for r in responses) / (len(responses) / 2)
     assert 0.2 < backtracked < 0.4  # the share of self-correcting traces asked for: 0.3
+
+
+@pytest.mark.parametrize("trace_lines", [2, 3])
+def test_sudoku_traces_write_the_first_rounds_then_the_solution(trace_lines):
+    task, rng = TinySudoku(trace_lines=trace_lines), random.Random(0)
+    capped = 0
+    for ex in task.examples("train", 300):
+        rounds = task._rounds(ex)  # the pretraining corpus's worked puzzle: a line per round
+        lines = task.sft_response(ex, rng, backtrack=0.0).split("</reasoning>")[0].split("\n")
+        lines[0] = lines[0].removeprefix("<reasoning>")
+        assert len(lines) == min(len(rounds), trace_lines) and lines[-1] == rounds[-1] == ex.answer
+        assert lines[:-1] == rounds[:len(lines) - 1]  # the first rounds, in order
+        assert rounds[0].count("0") < ex.puzzle.count("0")
+        capped += len(rounds) > trace_lines
+    assert capped > 20  # 3-5 rounds are common at 8-12 blanks: the cap is exercised
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -164,6 +182,9 @@ def test_pretrain_corpus():
     only = pretrain_corpus(seed=0, tasks=["sudoku"])
     for t in (next(only) for _ in range(50)):
         assert "Sudoku" in t or re.fullmatch(r"(\d{4}\n){3}\d{4}", t)
+    # the base model's puzzles are easier than the task's: 4-8 blanks, where SFT, RL and tests have 8-12
+    blanks = [p.count("0") for t in itertools.islice(only, 300) for p in re.findall(r"Sudoku: (\d{16})", t)]
+    assert len(blanks) > 50 and set(blanks) == set(range(4, 9))
 
 
 def test_get_tiny_tasks():
