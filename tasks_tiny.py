@@ -25,7 +25,8 @@ Deviations from d1 (Zhao et al. 2025, arXiv 2504.12216), on purpose:
    --backtrack=0.3), but the tiny model then learns the slips they show (README, "Moving the table").
 5. Sudoku asks 8-12 blanks (d1's test puzzles have 8), and the pretraining corpus holds easier puzzles
    (4-8 blanks) than SFT, RL and the test: pretrained on puzzles like the test's, the base model
-   answered them in one line at 98%, leaving SFT and RL nothing to add (README, "Moving the table", item 12).
+   answered them in one line at 98%, leaving SFT and RL nothing to add (README, "Moving the table",
+   item 12).
 """
 import functools
 import itertools
@@ -413,9 +414,9 @@ class TinySudoku(TinyTask):
     def split_of(self, ex):
         return "test" if ex.answer in self.grids["test"] else "train"
 
-    def _sample(self, rng, split, blanks=None):
+    def _sample(self, rng, split, blank_range=None):
         grid = rng.choice(self.grids[split])
-        n_blanks = rng.randint(*(blanks or self.blanks))
+        n_blanks = rng.randint(*(blank_range or self.blanks))
         for _ in range(1000):  # blank random cells until the puzzle has a single solution
             blanks = set(rng.sample(range(16), n_blanks))
             puzzle = "".join("0" if i in blanks else d for i, d in enumerate(grid))
@@ -448,7 +449,7 @@ class TinySudoku(TinyTask):
         every line gave.) Backtracking writes one line first with a digit that its row, column or box
         already holds, marked " no"."""
         grids = self._rounds(ex)
-        lines = grids[:self.trace_lines - 1] + grids[-1:] if len(grids) > self.trace_lines else grids
+        lines = grids[:self.trace_lines - 1] + grids[-1:] if len(grids) > self.trace_lines else list(grids)
         if backtrack:
             k = rng.randrange(len(lines))
             before = ex.puzzle if k == 0 else lines[k - 1]
