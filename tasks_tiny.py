@@ -398,9 +398,7 @@ class TinySudoku(TinyTask):
     default). Knobs: blanks (fewest, most) of the SFT, RL and test puzzles; pretrain_blanks of the
     pretraining corpus's; trace_lines, the most lines of an SFT trace. With 4 blanks 14 in 15 have a
     single candidate given the clues, with 8 about 6 in 10; 12 is the most a 4x4 puzzle with a unique
-    solution can have. The base model pretrains on 4-8 blanks, which it answers in one line at 98%;
-    the task asks 8-12 (d1's test puzzles have 8), so that its base row is not at the ceiling and a
-    trace has rounds to get right (README, "Moving the table", items 4 and 12).
+    solution can have. Why the base's puzzles are easier than the task's: deviation 5 above.
     """
     name = "sudoku"
 
