@@ -9,7 +9,9 @@ Stage 1, pretraining: a tiny LLaDA-style model learns the tiny tasks' text from 
 The loss is LLaDA's masked-diffusion loss (diffusion.diffusion_loss; LLaDA paper, Sec. 2.1): mask
 each token with a per-row probability p and score the masked ones with weight 1/p. The corpus
 (tasks_tiny.pretrain_corpus) plays the role of LLaDA-8B-Instruct's pretraining and instruction
-tuning in d1: background facts, worked problems, and chat-formatted questions with short answers.
+tuning in d1: background facts, worked problems, and chat-formatted questions with short answers
+(--chat_reasoning=S: a share S of those answers shows the task's reasoning trace first, as
+LLaDA-8B-Instruct reasons before it answers; README, "Moving the table", item 17).
 
 This file also holds the training loop that pretraining and SFT share (denoising_loop): the two
 stages differ only in their batches. Outputs, in out_dir:
@@ -44,13 +46,14 @@ class PretrainConfig(RunConfig):
     batch_size: int = 32  # rows per step
     seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
     drill_share: float = 0.0  # share of rows that pack arithmetic drills, answers scored at full noise; 0 = none
+    chat_reasoning: float = 0.0  # share of the corpus's chat answers that reason first (SFT's trace); 0 = none
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("model", self.model, tuple(Config.PRESETS))
         check_range(self, 1, None, "batch_size")
         check_range(self, 2, Config.preset(self.model).max_sequence_length, "seq_len")
-        check_range(self, 0, 1, "drill_share")
+        check_range(self, 0, 1, "drill_share", "chat_reasoning")
         distributed.check_split(self.batch_size, "rows per step (--batch_size)")  # under torchrun: over its processes
 
 
@@ -106,7 +109,7 @@ def pretrain_batch(step, cfg, tok):
     Returns ids (B, T), prompt lengths (B,) (0 for plain text rows) and, with --drill_share, the
     drill rows' answers (B, T) bool (diffusion_loss scores those rows at full noise), else None.
     The drill rows come last: round(drill_share * B) of them."""
-    docs = iter(pretrain_corpus(seed=mix_seed(cfg.seed, step)))
+    docs = iter(pretrain_corpus(seed=mix_seed(cfg.seed, step), chat_reasoning=cfg.chat_reasoning))
     n_text = cfg.batch_size - round(cfg.drill_share * cfg.batch_size)
     ids, prompt_lengths = torch.empty(0, cfg.seq_len, dtype=torch.long), torch.empty(0, dtype=torch.long)
     while ids.size(0) < n_text:

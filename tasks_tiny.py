@@ -124,9 +124,12 @@ class TinyTask(Task):
     # EOS as at generation time; plain texts are packed, so most of the tokens trained on are content.
     PRETRAIN_MIX = {"fact": 0.4, "plain": 0.45, "chat": 0.15}
 
-    def pretrain_texts(self, rng: random.Random):
+    def pretrain_texts(self, rng: random.Random, chat_reasoning: float = 0.0):
         """Endless pretraining texts: background facts, worked train problems, and train questions in
-        the chat template with a direct answer (so the base model answers in format); PRETRAIN_MIX."""
+        the chat template with a direct answer (so the base model answers in format); PRETRAIN_MIX.
+        A chat_reasoning share of the chats answers with the SFT trace instead (backtrack 0), so that
+        the base, like LLaDA-8B-Instruct, sometimes reasons before it answers; 0 draws nothing more
+        from rng, so the corpus stays the shipped base's."""
         kinds, weights = zip(*self.PRETRAIN_MIX.items())
         while True:  # one text per train problem drawn: a fact, the worked problem, or a chat
             ex = self._pretrain_sample(rng)
@@ -137,6 +140,8 @@ class TinyTask(Task):
                 yield self._fact(rng)
             elif kind == "plain":
                 yield self._plain(ex, rng)
+            elif chat_reasoning and rng.random() < chat_reasoning:
+                yield chat_prompt(ex.prompt) + self.sft_response(ex, rng, backtrack=0.0) + EOT + EOS
             else:
                 yield chat_prompt(ex.prompt) + self.direct_response(ex) + EOT + EOS
 
@@ -476,11 +481,12 @@ class TinySudoku(TinyTask):
 TINY_TASKS = {task.name: task for task in (TinyCountdown(), TinySudoku(), TinyArith())}
 
 
-def pretrain_corpus(seed: int = 0, tasks=None):
+def pretrain_corpus(seed: int = 0, tasks=None, chat_reasoning: float = 0.0):
     """Endless pretraining texts from the tiny tasks (names or task objects; default all), mixed
-    at random: the base model's corpus, in the role LLaDA-8B-Instruct's training data plays in d1."""
+    at random: the base model's corpus, in the role LLaDA-8B-Instruct's training data plays in d1.
+    chat_reasoning: the share of chat answers that show a reasoning trace (TinyTask.pretrain_texts)."""
     tasks = [TINY_TASKS[t] if isinstance(t, str) else t for t in (tasks or TINY_TASKS)]
-    streams = [t.pretrain_texts(random.Random(f"pretrain/{t.name}/{seed}")) for t in tasks]
+    streams = [t.pretrain_texts(random.Random(f"pretrain/{t.name}/{seed}"), chat_reasoning) for t in tasks]
     rng = random.Random(f"pretrain/{seed}")
     while True:
         yield next(rng.choice(streams))

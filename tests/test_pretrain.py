@@ -2,8 +2,10 @@
 prompt), and batches that are a pure function of (seed, step)."""
 import re
 
+import pytest
 import torch
 
+from common import ConfigError
 from pretrain import PretrainConfig, pack_drills, pack_rows, pretrain_batch
 from tasks_tiny import _apply
 from tokenizer import END_HEADER, Tokenizer, chat_prompt
@@ -67,3 +69,13 @@ def test_drill_rows_pack_questions_and_answers_and_come_last():
         for drill in text.split("[<|endoftext|>]")[:-1]:  # each "a op b=[c]" drill is a true fact
             a, op, b, answer = re.fullmatch(r"(\d+)([-+*/])(\d+)=(.+)", drill).groups()
             assert _apply(int(a), op, int(b)) == int(answer.replace("[", "").replace("]", ""))
+
+
+def test_chat_reasoning_rows_show_a_trace_and_the_share_is_checked():
+    """--chat_reasoning=1: every chat row of a batch answers with a trace; the share must lie in 0..1."""
+    tok = Tokenizer.tiny()
+    ids, prompt_lengths, _ = pretrain_batch(3, PretrainConfig(batch_size=16, seq_len=160, chat_reasoning=1.0), tok)
+    chats = [tok.decode(row.tolist()) for row, P in zip(ids, prompt_lengths) if P]
+    assert chats and all("<reasoning><" not in c and "</reasoning>\n<answer>" in c for c in chats)
+    with pytest.raises(ConfigError, match="chat_reasoning"):
+        PretrainConfig(chat_reasoning=1.5)

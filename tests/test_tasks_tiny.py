@@ -187,6 +187,38 @@ def test_pretrain_corpus():
     assert len(blanks) > 50 and set(blanks) == set(range(4, 9))
 
 
+def _rebuilt_example(question: str) -> tuple:
+    """(task, Example) read back from a tiny question alone, for texts whose Example is not at hand."""
+    if question.startswith("Sudoku: "):
+        puzzle = question.removeprefix("Sudoku: ")
+        (grid,) = sudoku_solutions(puzzle)
+        return TINY_TASKS["sudoku"], Example(question, grid, puzzle, puzzle=puzzle)
+    if question.startswith("Numbers: "):
+        *numbers, target = map(int, re.findall(r"\d+", question))
+        return TINY_TASKS["countdown"], Example(question, target, question, numbers=tuple(numbers))
+    start, moves = re.fullmatch(r"\w+ has (\d) \w+, (.*)\. How many\?", question).groups()
+    verbs = {phrase.split()[0]: op for op, phrases in TinyArith.PHRASES.items() for phrase in phrases}
+    value = int(start)
+    for verb, amount in (move.split() for move in moves.split(", ")):
+        value += int(amount) if verbs[verb] == "+" else -int(amount)
+    return TINY_TASKS["arith"], Example(question, value, question, numbers=(int(start),))
+
+
+def test_pretrain_corpus_with_reasoning_chats():
+    """chat_reasoning=S: a share S of the chats answers with the task's SFT trace, each right; S=0 is
+    the shipped base's corpus exactly."""
+    assert (list(itertools.islice(pretrain_corpus(seed=5, chat_reasoning=0.0), 300))
+            == list(itertools.islice(pretrain_corpus(seed=5), 300)))
+    texts = list(itertools.islice(pretrain_corpus(seed=5, chat_reasoning=0.5), 1200))
+    chats = [t for t in texts if t.endswith(EOT + EOS)]
+    reasoning = [t for t in chats if "<reasoning></reasoning>" not in t]
+    assert 0.35 < len(reasoning) / len(chats) < 0.65
+    for text in reasoning:
+        _, question, answer = text.split("<|end_header_id|>\n\n")
+        task, ex = _rebuilt_example(question.removesuffix(EOT + "<|start_header_id|>assistant"))
+        assert task.format_ok(answer) and task.correct(answer, ex) == 1.0 and " no" not in answer, text
+
+
 def test_get_tiny_tasks():
     assert get_tiny_tasks() == list(TINY_TASKS.values())
     assert get_tiny_tasks(" sudoku,arith ") == [TINY_TASKS["sudoku"], TINY_TASKS["arith"]]
