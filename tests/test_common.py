@@ -250,18 +250,27 @@ def test_auto_dtype_follows_the_cpu_probe(monkeypatch, bf16_is_fast, expected):
 
 
 def test_cpu_probe_agrees_with_timed_matmuls():
-    """The probe's answer is a measurement: bf16 must win clearly for it to say yes."""
-    def seconds(dtype, n=384):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        start = time.perf_counter()
-        for _ in range(5):
+    """The probe's answer is a measurement: bf16 must win clearly for it to say yes. Timings on a
+    shared CPU wander (one 2-core machine ran 1.7x slower for minutes at a time), so the probe runs
+    uncached between two timings of the same size and is checked only where both fall clearly on
+    one side of its 1.5x line."""
+    def ratio(n=256):  # fp32 seconds / bf16 seconds, best of 5 each: > 1 when bf16 is faster
+        def best_seconds(dtype):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             a @ b
-        return time.perf_counter() - start
-    ratio = seconds(torch.float32) / seconds(torch.bfloat16)  # > 1: bf16 faster
-    if 1.2 < ratio < 2:
-        pytest.skip(f"bf16 is {ratio:.2f}x fp32 here: too close to the probe's 1.5x line to check")
-    assert common.cpu_runs_bf16_fast() == (ratio >= 2)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                a @ b
+                times.append(time.perf_counter() - start)
+            return min(times)
+        return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+    before = ratio()
+    answer = common.cpu_runs_bf16_fast.__wrapped__()  # a fresh measurement, not the cached one
+    after = ratio()
+    if not (min(before, after) >= 2 or max(before, after) <= 1.2):
+        pytest.skip(f"bf16 is {before:.2f}x then {after:.2f}x fp32 here: too near the probe's 1.5x line to check")
+    assert answer == (before >= 2)
 
 
 def test_autocast_refuses_an_unknown_dtype():
