@@ -10,8 +10,8 @@ The loss is LLaDA's masked-diffusion loss (diffusion.diffusion_loss; LLaDA paper
 each token with a per-row probability p and score the masked ones with weight 1/p. The corpus
 (tasks_tiny.pretrain_corpus) plays the role of LLaDA-8B-Instruct's pretraining and instruction
 tuning in d1: background facts, worked problems, and chat-formatted questions with short answers
-(--chat_reasoning=S: a share S of those answers shows the task's reasoning trace first, as
-LLaDA-8B-Instruct reasons before it answers; README, "Moving the table", item 17).
+(--chat_reasoning=S: a share S of those answers, half by default, shows the task's reasoning trace
+first, as LLaDA-8B-Instruct reasons before it answers; README, "Moving the table", item 17).
 
 This file also holds the training loop that pretraining and SFT share (denoising_loop): the two
 stages differ only in their batches. Outputs, in out_dir:
@@ -46,7 +46,7 @@ class PretrainConfig(RunConfig):
     batch_size: int = 32  # rows per step
     seq_len: int = 160  # tokens per row: >= the longest prompt (32) + the longest generation (128)
     drill_share: float = 0.0  # share of rows that pack arithmetic drills, answers scored at full noise; 0 = none
-    chat_reasoning: float = 0.0  # share of the corpus's chat answers that reason first (SFT's trace); 0 = none
+    chat_reasoning: float = 0.5  # share of the corpus's chat answers that reason first (SFT's trace); 0 = none
 
     def __post_init__(self):
         super().__post_init__()

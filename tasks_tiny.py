@@ -128,8 +128,8 @@ class TinyTask(Task):
         """Endless pretraining texts: background facts, worked train problems, and train questions in
         the chat template with a direct answer (so the base model answers in format); PRETRAIN_MIX.
         A chat_reasoning share of the chats answers with the SFT trace instead (backtrack 0), so that
-        the base, like LLaDA-8B-Instruct, sometimes reasons before it answers; 0 draws nothing more
-        from rng, so the corpus stays the shipped base's."""
+        the base, like LLaDA-8B-Instruct, sometimes reasons before it answers (the shipped base:
+        0.5); 0 draws nothing more from rng, so the corpus stays that of the bases before it."""
         kinds, weights = zip(*self.PRETRAIN_MIX.items())
         while True:  # one text per train problem drawn: a fact, the worked problem, or a chat
             ex = self._pretrain_sample(rng)
