@@ -206,7 +206,8 @@ def _rebuilt_example(question: str) -> tuple:
 
 def test_pretrain_corpus_with_reasoning_chats():
     """chat_reasoning=S: a share S of the chats answers with the task's SFT trace, each right; S=0 is
-    the default corpus, whose digest test_generators_reproduce_the_original_data pins."""
+    pretrain_corpus's default (the corpus of the bases before the shipped one, which pretraining
+    draws with 0.5), whose digest test_generators_reproduce_the_original_data pins."""
     assert (list(itertools.islice(pretrain_corpus(seed=5, chat_reasoning=0.0), 300))
             == list(itertools.islice(pretrain_corpus(seed=5), 300)))
     texts = list(itertools.islice(pretrain_corpus(seed=5, chat_reasoning=0.5), 1200))
