@@ -254,20 +254,9 @@ def test_cpu_probe_agrees_with_timed_matmuls():
     shared CPU wander (one 2-core machine ran 1.7x slower for minutes at a time), so the probe runs
     uncached between two timings of the same size and is checked only where both fall clearly on
     one side of its 1.5x line."""
-    def ratio(n=256):  # fp32 seconds / bf16 seconds, best of 5 each: > 1 when bf16 is faster
-        def best_seconds(dtype):
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            a @ b
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
-                a @ b
-                times.append(time.perf_counter() - start)
-            return min(times)
-        return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
-    before = ratio()
+    before = common.bf16_speedup(repeats=5)  # > 1 when bf16 is faster
     answer = common.cpu_runs_bf16_fast.__wrapped__()  # a fresh measurement, not the cached one
-    after = ratio()
+    after = common.bf16_speedup(repeats=5)
     if not (min(before, after) >= 2 or max(before, after) <= 1.2):
         pytest.skip(f"bf16 is {before:.2f}x then {after:.2f}x fp32 here: too near the probe's 1.5x line to check")
     assert answer == (before >= 2)
