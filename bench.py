@@ -254,9 +254,11 @@ def bench_tiny(cfg, device, args):
 # -----------------------------------------------------------------------------
 # python bench.py --sampling: the reference sampler vs Fast-dLLM's (Wu et al. 2025, arXiv 2505.22618)
 
-SAMPLERS = (("reference (d1)", None, False), ("prefix cache", "prefix", False), ("dual cache", "dual", False),
-            ("threshold", None, True), ("prefix cache + threshold", "prefix", True),
-            ("dual cache + threshold", "dual", True))  # (name, cache, with the threshold)
+SAMPLERS = (("reference (d1)", None, False, False), ("early stop (exact)", None, False, True),
+            ("prefix cache", "prefix", False, False), ("dual cache", "dual", False, False),
+            ("threshold", None, True, False), ("prefix cache + threshold", "prefix", True, False),
+            ("dual cache + threshold", "dual", True, False),
+            ("dual cache + threshold + early stop", "dual", True, True))  # (name, cache, threshold?, early stop?)
 
 
 def bench_sampling_tiny(device, args):
@@ -271,15 +273,15 @@ def bench_sampling_tiny(device, args):
     print("| sampler | steps per batch | seconds | tokens/s | speed-up | "
           + " | ".join(task.name for task in tasks) + " | average |\n" + "|---" * (len(tasks) + 6) + "|")
     reference = None
-    for name, cache, with_threshold in SAMPLERS:
+    for name, cache, with_threshold, early_stop in SAMPLERS:
         threshold = args.threshold if with_threshold else None
         tick = time.perf_counter()
-        results = [evaluate(model, tok, task, examples[task.name], args.gen_length, cache=cache, threshold=threshold)
-                   for task in tasks]
+        results = [evaluate(model, tok, task, examples[task.name], args.gen_length, cache=cache, threshold=threshold,
+                            early_stop=early_stop) for task in tasks]
         seconds = time.perf_counter() - tick
         tokens_per_second = len(tasks) * args.n * args.gen_length / seconds
         reference = reference or tokens_per_second
-        steps = sum(r.get("steps", args.gen_length / 2) for r in results) / len(results)  # reference: fixed
+        steps = sum(r["steps"] for r in results) / len(results)
         accuracy = " | ".join(f"{r['accuracy']:.1f} ({r['stderr']:.1f})" for r in results)
         average = sum(r["accuracy"] for r in results) / len(results)
         print(f"| {name} | {steps:.1f} | {seconds:.1f} | {tokens_per_second:,.0f} | "

@@ -140,7 +140,7 @@ def commit_plan(n_masked, steps):
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperature=0.0, cfg_scale=0.0,
              remasking="low_confidence", mask_id=None, attention_mask=None, generator=None, on_step=None,
-             cache=None, threshold=None, refresh_every=None):
+             cache=None, threshold=None, refresh_every=None, stop_ids=None):
     """LLaDA's sampler. prompt (B, P) of token ids, left-padded if rows differ in length (then pass
     attention_mask (B, P), 1 = real token). Returns (B, P + gen_length); the prompt is unchanged.
 
@@ -173,7 +173,14 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
                       probability exceeds the threshold, and at least one (the first by `remasking`:
                       the most confident, or a random one), so easy stretches take fewer steps and
                       unsure ones up to one per token; `steps` is then unused (at most block_length
-                      steps per block)."""
+                      steps per block).
+
+    Early stop (off by default): stop_ids, the ids that end an answer (end of turn, EOS). Once every
+    row has committed one of them with nothing masked before it, no later step can change any row's
+    text up to its first stop (committed tokens stay), so the sampler returns there; the positions
+    it did not reach stay [MASK]. Scores that read an answer up to its end of turn (eval.py's) are
+    then the reference's exactly, in fewer steps. With temperature > 0 and one shared generator, the
+    draws after the stop are not made, so the generator's later state differs."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     check_sampler(gen_length, block_length, steps)
@@ -219,7 +226,16 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
             step += 1
             if on_step is not None:
                 on_step(x, step)
+            if stop_ids is not None and every_answer_ended(x[:, P:], stop_ids, mask_id):
+                return x
     return x
+
+
+def every_answer_ended(answers, stop_ids, mask_id):
+    """True when every row of answers (B, C) holds one of stop_ids with no [MASK] left before it."""
+    masked_before = (answers == mask_id).cumsum(dim=1)  # (B, C): [MASK]s up to and including each position
+    ended = torch.isin(answers, torch.tensor(stop_ids, device=answers.device)) & (masked_before == 0)  # (B, C)
+    return bool(ended.any(dim=1).all())
 
 
 def check_fast_sampler(cache, threshold, refresh_every=None):

@@ -15,11 +15,15 @@ evaluation and the RL rollouts share.
 greedy decoding (temperature 0), low-confidence remasking, blocks of 32, steps = gen_length / 2, on
 the tiny tasks' held-out test split. (d1 also prefills the assistant turn with "<reasoning>"; the
 tiny model is trained to write it itself, so its tasks' eval_prefix is empty.) Each line reads
-    <task> gen_length=<N>: accuracy=<X>% format=<Y>% n=<n>
+    <task> gen_length=<N>: accuracy=<X>% format=<Y>% n=<n> steps=<S>
 where format is the share of completions that are exactly "<reasoning>..</reasoning>\\n<answer>..
-</answer>" and then stop (end of turn, EOS padding to the end). With --cache or --threshold (the
-fast sampler of diffusion.generate, Fast-dLLM: Wu et al. 2025, arXiv 2505.22618) the line ends with
-` steps=<S>`, the sampler's mean steps per batch (d1's protocol takes gen_length / 2). --table keeps
+</answer>" and then stop (end of turn, EOS padding to the end), and S the sampler's mean steps per
+batch: d1's protocol takes gen_length / 2, fewer with early stop. Early stop (--early_stop, on in
+every mode but --rescore) ends a batch once every answer in it has ended its turn with nothing
+masked before the end: later steps cannot change what is scored, so the scores are the protocol's
+exactly; positions never reached count as padding; --early_stop=false runs every step. --cache and
+--threshold choose the fast sampler of diffusion.generate (Fast-dLLM: Wu et al. 2025, arXiv
+2505.22618), which changes the answers a little and takes fewer steps or cheaper ones. --table keeps
 each cell's result in out/table/ as it is measured, under a hash of the checkpoint, the settings and
 the code (cell_key): run again, it measures only what is missing or changed.
 
@@ -103,7 +107,7 @@ def left_pad(sequences, pad_id, pad_to=None):
 @torch.no_grad()
 def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
              remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None,
-             max_prompt_length=None, batch_size=None, pad_to=None):
+             max_prompt_length=None, batch_size=None, pad_to=None, early_stop=False):
     """Ask the model every (task, example) of `items` and score the answers with the task.
 
     prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
@@ -113,6 +117,8 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     left (d1's rollouts: 200). batch_size: rows per sampler call (None: all at once); the memory of
     a call grows with rows x length x vocabulary. pad_to: left-pad the prompts to at least this
     length (left_pad). generator: one for all rows, or a list with one per item (diffusion.generate).
+    early_stop: a sampler call ends once every answer in it has ended its turn (diffusion.generate's
+    stop_ids); the scores are the same, the positions after an answer's end are never generated.
     Returns Completions."""
     check_choice("prompt", prompt, ("eval", "rl"))
     device = next(model.parameters()).device
@@ -131,7 +137,8 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
                                 remasking=remasking, attention_mask=attention[rows],
                                 generator=generator[rows] if isinstance(generator, list) else generator,
                                 on_step=lambda x, step: taken.append(step), cache=cache,
-                                threshold=threshold))  # (rows, P + C)
+                                threshold=threshold,
+                                stop_ids=(tok.eot_id, tok.eos_id) if early_stop else None))  # (rows, P + C)
     completion_ids = torch.cat(outputs)[:, prompt_ids.size(1):]  # (N, C)
 
     # Score every completion with its own task (a batch may mix tasks).
@@ -150,48 +157,52 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
 
 
 def stops_cleanly(tok, ids):
-    """The answer ends with <|eot_id|> or EOS and only EOS padding follows (what SFT teaches)."""
+    """The answer ends with <|eot_id|> or EOS and only EOS padding follows (what SFT teaches); [MASK]
+    there is a position an early-stopped sampler never reached (complete's early_stop)."""
     stops = [i for i, t in enumerate(ids) if t in (tok.eot_id, tok.eos_id)]
-    return bool(stops) and all(t in (tok.eos_id, tok.eot_id) for t in ids[stops[0]:])
+    return bool(stops) and all(t in (tok.eos_id, tok.eot_id, tok.mask_id) for t in ids[stops[0]:])
 
 
 # -----------------------------------------------------------------------------
 # The tiny tasks: one checkpoint, or the table of four
 
 
-def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto", cache=None, threshold=None):
+def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto", cache=None, threshold=None,
+             early_stop=True):
     """Greedy completions for `examples`, scored by task.correct and the format check.
 
     Returns dict(accuracy, stderr, format, n); accuracy and format in percent. The standard error
     is that of a mean over items (Sudoku items score the share of their empty cells right).
-    cache, threshold: complete()'s fast sampler; with it the dict also holds steps, the sampler's
-    mean steps per batch (the reference's are gen_length / 2)."""
+    cache, threshold: complete()'s fast sampler. early_stop: each batch ends once all its answers
+    have ended (complete(); the same scores in fewer steps). The dict also holds steps, the
+    sampler's mean steps per batch (d1's protocol: gen_length / 2)."""
     device = next(model.parameters()).device
     model.eval()
     scores, well_formed, steps = [], [], []
     for i in range(0, len(examples), batch_size):
         with autocast(device, dtype):
             done = complete(model, tok, [(task, ex) for ex in examples[i: i + batch_size]], gen_length,
-                            cache=cache, threshold=threshold)
+                            cache=cache, threshold=threshold, early_stop=early_stop)
         scores += done.correct.tolist()
         well_formed += done.well_formed.tolist()
         steps.append(done.steps)
     n = len(scores)
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
-    fast = {"steps": sum(steps) / len(steps)} if cache or threshold else {}
     return {"accuracy": 100 * mean, "stderr": 100 * math.sqrt(var / n), "n": n,
-            "format": 100 * sum(well_formed) / n, **fast}
+            "format": 100 * sum(well_formed) / n, "steps": sum(steps) / len(steps)}
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
-                    dtype="auto", quiet=False, cache=None, threshold=None, kept_in=None):
+                    dtype="auto", quiet=False, cache=None, threshold=None, kept_in=None, early_stop=True):
     """Evaluate one checkpoint on the tiny tasks' test sets: {(task, gen_length): result dict}.
-    With the fast sampler (cache or threshold) each line also gives the steps taken per batch.
+    Each line also gives the sampler's steps per batch (fewer than gen_length / 2 with early_stop,
+    see evaluate, or the fast sampler: cache or threshold).
     kept_in: a folder that keeps each (task, gen_length) result (the table's, TABLE_CELLS); a result
     found there is read instead of measured (see cell_key)."""
     device = pick_device(device)
-    key = cell_key(path, n, batch_size, device, pick_dtype(dtype, device), cache, threshold) if kept_in else None
+    key = cell_key(path, n, batch_size, device, pick_dtype(dtype, device), cache, threshold, early_stop) \
+        if kept_in else None
     model, tok = None, Tokenizer.tiny()
     results = {}
     for task in get_tiny_tasks(task_names):
@@ -202,15 +213,14 @@ def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_
                 r = json.loads(kept.read_text())
             else:
                 model = model or load_model(path, device=device)[0]  # loaded only if a result is missing
-                r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype, cache, threshold)
+                r = evaluate(model, tok, task, examples, gen_length, batch_size, dtype, cache, threshold, early_stop)
                 if kept:
                     kept.parent.mkdir(parents=True, exist_ok=True)
                     write_json(kept, r)
             results[(task.name, gen_length)] = r
             if not quiet:
-                steps = f" steps={r['steps']:.1f}" if "steps" in r else ""  # the fast sampler's
                 print(f"{task.name} gen_length={gen_length}: accuracy={r['accuracy']:.1f}% "
-                      f"format={r['format']:.1f}% n={r['n']}{steps}", flush=True)
+                      f"format={r['format']:.1f}% n={r['n']} steps={r['steps']:.1f}", flush=True)
     return results
 
 
@@ -220,14 +230,14 @@ CELL_SOURCES = ("eval.py", "diffusion.py", "model.py", "checkpoint.py", "tasks.p
                 "tokenizer.py", "tokenizer_tiny.bpe")
 
 
-def cell_key(path, n, batch_size, device, dtype, cache, threshold):
+def cell_key(path, n, batch_size, device, dtype, cache, threshold, early_stop):
     """A hash of everything a tiny-task result depends on: the checkpoint's bytes, the evaluation
     settings (the batch size sets the left padding), torch's version and CELL_SOURCES. A kept result
     is reused only while all of them are unchanged, so it is never stale."""
     digest = hashlib.sha256(Path(path).read_bytes())
     for name in CELL_SOURCES:
         digest.update((HERE / name).read_bytes())
-    digest.update(repr((n, batch_size, str(device), dtype, cache, threshold, torch.__version__)).encode())
+    digest.update(repr((n, batch_size, str(device), dtype, cache, threshold, early_stop, torch.__version__)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -256,7 +266,7 @@ def table_rows():
 
 
 def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto", dtype="auto",
-                cache=None, threshold=None):
+                cache=None, threshold=None, early_stop=True):
     """The tiny d1 table: accuracy (standard error) per checkpoint, task and generation length."""
     rows = table_rows()
     for _, path in rows:
@@ -267,7 +277,7 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
     results_of = []
     for name, path in tqdm(rows, desc="table"):
         results = eval_checkpoint(path, task_names, gen_lengths, n, batch_size, device, dtype, True, cache, threshold,
-                                  kept_in=TABLE_CELLS)
+                                  kept_in=TABLE_CELLS, early_stop=early_stop)
         results_of.append((name, results))
     header = ("| model | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n"
               + "|---" * (len(columns) + 2) + "|")
@@ -410,7 +420,7 @@ def eval_model(cfg):
                 batch = items[start:start + cfg.batch_size]
                 with autocast(device, cfg.dtype):
                     done = complete(model, tok, [(task, item) for item in batch], gen_length, cache=cfg.cache,
-                                    threshold=cfg.threshold)
+                                    threshold=cfg.threshold, early_stop=cfg.early_stop)
                 # d1's files hold the answer after the prefilled "<reasoning>", and the bare question
                 answers += [task.generation_record(item, text.removeprefix(task.eval_prefix))
                             for item, text in zip(batch, done.texts)]
@@ -469,6 +479,7 @@ class EvalConfig:
     dtype: str = "auto"  # autocast dtype: bfloat16, float32, or auto (bf16 where this device runs it fast)
     cache: str | None = None  # fast sampler's KV cache: none (d1's protocol), prefix or dual
     threshold: float | None = None  # parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1's protocol)
+    early_stop: bool = True  # end a batch once all its answers have ended: the same scores, fewer steps
 
     def __post_init__(self):
         modes = [name for name in ("ckpt", "table", "rescore", "model") if getattr(self, name)]
@@ -534,10 +545,10 @@ def run(argv):
             eval_model(cfg)
         elif cfg.ckpt:
             eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype,
-                            cache=cfg.cache, threshold=cfg.threshold)
+                            cache=cfg.cache, threshold=cfg.threshold, early_stop=cfg.early_stop)
         else:
             print_table(cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype, cfg.cache,
-                        cfg.threshold)
+                        cfg.threshold, cfg.early_stop)
 
 
 if __name__ == "__main__":

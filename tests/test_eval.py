@@ -85,8 +85,11 @@ def test_evaluate_gives_the_exact_accuracy_and_format_of_a_scripted_model():
     # standard error of the mean of [1, 1, 0, 1, 0]: sqrt(var / n), var = (3 * 0.4^2 + 2 * 0.6^2) / 4
     assert r["stderr"] == pytest.approx(100 * (0.3 / 5) ** 0.5)
     right = scripted(task, examples, [f"<reasoning></reasoning>\n<answer>{ex.answer}</answer>{EOT}" for ex in examples])
-    assert evaluate(right, Tokenizer.tiny(), task, examples, GEN) == {"accuracy": 100.0, "stderr": 0.0, "n": 5,
-                                                                      "format": 100.0}
+    r = evaluate(right, Tokenizer.tiny(), task, examples, GEN)
+    assert r.pop("steps") < GEN // 2  # early stop: every answer ends before the last step
+    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0}
+    r = evaluate(right, Tokenizer.tiny(), task, examples, GEN, early_stop=False)
+    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0, "steps": GEN // 2}  # every step
 
 
 def test_eval_prefix_is_prefilled_and_starts_the_scored_text():
@@ -129,7 +132,9 @@ def test_shipped_checkpoints_load_and_score(name, capsys):
     assert r["accuracy"] in (0, 25, 50, 75, 100) and r["format"] in (0, 25, 50, 75, 100)  # 4 items, 0 or 1 each
     if name in ("tiny-sft", "tiny-d1"):
         assert r["format"] >= 50  # SFT taught the format
-    assert capsys.readouterr().out == f"arith gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% n=4\n"
+    assert capsys.readouterr().out == (f"arith gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% "
+                                       f"n=4 steps={r['steps']:.1f}\n")
+    assert r["steps"] <= 16  # d1's protocol takes gen_length / 2; early stop may end sooner
 
 
 def fake_results(accuracy, fmt):
@@ -196,14 +201,16 @@ def test_kept_cells_are_read_back_and_measured_again_when_the_checkpoint_changes
     capsys.readouterr()
     assert run() == measured and loads == []  # read back: the model is not even loaded
     r = measured[("sudoku", 32)]
-    assert capsys.readouterr().out == f"sudoku gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% n=2\n"
+    assert capsys.readouterr().out == (f"sudoku gen_length=32: accuracy={r['accuracy']:.1f}% format={r['format']:.1f}% "
+                                       f"n=2 steps={r['steps']:.1f}\n")
     run(quiet=True, threshold=0.9)  # other settings: measured, and kept beside the first
-    assert len(loads) == 1 and len(list(kept.iterdir())) == 2
+    run(quiet=True, early_stop=False)
+    assert len(loads) == 2 and len(list(kept.iterdir())) == 3
     ckpt = torch.load(path, weights_only=False)  # the same file name, other weights: measured again
     next(iter(ckpt["model"].values())).add_(1.0)
     torch.save(ckpt, path)
     run(quiet=True)
-    assert len(loads) == 2 and len(list(kept.iterdir())) == 3
+    assert len(loads) == 3 and len(list(kept.iterdir())) == 4
 
 
 def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path, user_error):
@@ -234,4 +241,5 @@ def test_command_line_evaluates_a_checkpoint(capsys):
     evaluation.main(["--ckpt", str(ROOT / "checkpoints/tiny-d1.pt"), "--tasks=countdown", "--gen_length=32", "--n=2",
                      "--dtype=float32"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("countdown gen_length=32: accuracy=") and lines[0].endswith(" n=2")
+    assert len(lines) == 1 and lines[0].startswith("countdown gen_length=32: accuracy=")
+    assert lines[0].endswith(" n=2 steps=16.0")  # its traces outrun 32 tokens: early stop never comes

@@ -1,7 +1,7 @@
 """The fast samplers (Fast-dLLM: KV cache and threshold decoding, diffusion.generate): a cache refreshed
 every step is the reference sampler exactly; the cache records a fresh forward's keys and values; a
-cached forward reads them; threshold decoding keeps the sampler's invariants; bad options are refused;
-evaluation and GRPO report the steps taken."""
+cached forward reads them; threshold decoding keeps the sampler's invariants; early stop returns the
+reference's answers up to their ends; bad options are refused; evaluation and GRPO report the steps taken."""
 import json
 
 import pytest
@@ -10,8 +10,9 @@ import torch.nn as nn
 
 import eval as evaluation
 import train
-from diffusion import generate
-from eval import complete
+from checkpoint import load_model
+from diffusion import every_answer_ended, generate
+from eval import complete, stops_cleanly
 from model import Config, KVCache, apply_rope, rope_tables
 from tasks_tiny import TINY_TASKS
 from tokenizer import Tokenizer
@@ -182,6 +183,47 @@ def test_an_easy_stretch_takes_one_step_per_block():
     out, states = record_steps(Sure(), prompt, steps=24, gen_length=24, block_length=8, threshold=0.9)
     assert len(states) == 3 and (out[:, 3:] == 5).all()
     assert len(record_steps(Sure(), prompt, steps=24, gen_length=24, block_length=8, threshold=1.0)[1]) == 24
+
+
+# -- early stop: the reference's answers up to their first stop, in fewer steps ----------------
+
+
+def test_every_answer_ended_needs_a_stop_with_nothing_masked_before_it():
+    S, M = 7, MASK
+    assert every_answer_ended(torch.tensor([[1, S, M], [S, M, M]]), (S,), M)
+    assert not every_answer_ended(torch.tensor([[1, S, M], [M, S, 2]]), (S,), M)  # row 1: a [MASK] before its stop
+    assert not every_answer_ended(torch.tensor([[1, S, M], [1, 2, M]]), (S,), M)  # row 1: no stop yet
+    assert every_answer_ended(torch.tensor([[1, 8, M], [S, 2, 3]]), (S, 8), M)  # any of the stop ids
+
+
+@pytest.mark.parametrize("cache, threshold", [(None, None), ("dual", None), (None, 0.5)])
+def test_early_stop_returns_the_references_answers_up_to_their_first_stop(cache, threshold, tiny_model):
+    model = tiny_model()
+    prompt, attention_mask = prompt_and_mask("left")
+    kw = dict(steps=12, gen_length=24, block_length=8, attention_mask=attention_mask, cache=cache, threshold=threshold)
+    reference, states = record_steps(model, prompt, **kw)
+    stop_ids = tuple(set(reference[:, 7 + 2].tolist()))  # "stops": the tokens the rows wrote at answer position 2
+    out, early = record_steps(model, prompt, stop_ids=stop_ids, **kw)
+    # it stops at the first step of the reference after which every row has ended
+    first = next(i for i, x in enumerate(states) if every_answer_ended(x[:, 7:], stop_ids, MASK))
+    assert len(early) == first + 1 < len(states)
+    assert torch.equal(out, states[first])
+    for row, answer in zip(out[:, 7:], reference[:, 7:]):
+        end = next(i for i, t in enumerate(answer.tolist()) if t in stop_ids)  # the row's first stop
+        assert torch.equal(row[:end + 1], answer[:end + 1])  # the reference's answer up to and with its stop
+
+
+def test_eval_with_early_stop_scores_the_same_in_fewer_steps():
+    model, tok = load_model(evaluation.HERE / "checkpoints" / "tiny-sft.pt", device="cpu")[0], Tokenizer.tiny()
+    task = TINY_TASKS["arith"]
+    items = [(task, ex) for ex in task.examples("test", 4)]
+    every_step, early = (complete(model, tok, items, gen_length=64, early_stop=e) for e in (False, True))
+    assert early.texts == every_step.texts and torch.equal(early.correct, every_step.correct)
+    assert torch.equal(early.well_formed, every_step.well_formed) and early.well_formed.all()
+    assert every_step.steps == 32 and early.steps <= 16  # its short traces end in the first block of 32
+    assert (early.completion_ids == tok.mask_id).any()  # the positions never reached stay [MASK]
+    E, T, M = tok.eos_id, tok.eot_id, tok.mask_id
+    assert stops_cleanly(tok, [5, T, E, M, M]) and not stops_cleanly(tok, [5, M, 6])
 
 
 # -- options: refused when bad; the default path; steps reported ---------------------------------
