@@ -257,7 +257,7 @@ def bench_tiny(cfg, device, args):
 SAMPLERS = (("reference (d1)", None, False, False), ("early stop (exact)", None, False, True),
             ("prefix cache", "prefix", False, False), ("dual cache", "dual", False, False),
             ("threshold", None, True, False), ("prefix cache + threshold", "prefix", True, False),
-            ("dual cache + threshold", "dual", True, False),
+            ("dual cache + threshold", "dual", True, False), ("dual cache + early stop", "dual", False, True),
             ("dual cache + threshold + early stop", "dual", True, True))  # (name, cache, threshold?, early stop?)
 
 
