@@ -148,6 +148,8 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     B generators, one per row. With the list, each row draws its own noise from its own generator,
     so a row's answer depends only on its prompt, the length T and its generator, not on which
     other rows share the batch (GRPO's rollouts: the same on 1 or 8 processes, see grpo.py).
+    remasking: which masked tokens a step commits, "low_confidence" (the most confident) or
+    "random" (any), for every row, or a list of B of them, one per row (GRPO's mixed rollouts).
 
     The answer is cut into blocks filled left to right ("semi-autoregressive"); inside a block the
     masked positions are filled over steps/num_blocks steps, a planned number per step:
@@ -184,11 +186,8 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     check_sampler(gen_length, block_length, steps)
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r}; expected one of {', '.join(REMASKING)}")
+    check_per_row(remasking, generator, B)
     check_fast_sampler(cache, threshold, refresh_every)
-    if isinstance(generator, (list, tuple)) and len(generator) != B:
-        raise ValueError(f"{len(generator)} generators for {B} rows: pass one per row, or one for all")
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks if threshold is None else block_length  # threshold: an upper bound
 
@@ -238,6 +237,16 @@ def every_answer_ended(answers, stop_ids, mask_id):
     return bool(ended.any(dim=1).all())
 
 
+def check_per_row(remasking, generator, B):
+    """Refuse a remasking rule generate() does not know, and per-row lists that do not give B rows one each."""
+    for rule in (remasking if isinstance(remasking, (list, tuple)) else [remasking]):
+        if rule not in REMASKING:
+            raise ValueError(f"remasking={rule!r}; expected one of {', '.join(REMASKING)}")
+    for name, given in (("remasking rules", remasking), ("generators", generator)):
+        if isinstance(given, (list, tuple)) and len(given) != B:
+            raise ValueError(f"{len(given)} {name} for {B} rows: pass one per row, or one for all")
+
+
 def check_fast_sampler(cache, threshold, refresh_every=None):
     """Refuse fast-sampling options generate() cannot run, naming the key (before any work)."""
     if cache not in CACHES:
@@ -254,25 +263,33 @@ def _commit(logits, is_masked, block_end, k, remasking, temperature, threshold, 
     logits (B, S, V) and is_masked (B, S) of the S positions run; block_end: where the block ends,
     counted from the first of them; k (B,) the planned number per row. Returns x0 (B, S), the
     proposed tokens, and commit (B, S) bool.
-    generator: one for all rows, or a list of B (one per row: see _per_row)."""
+    generator: one for all rows, or a list of B (one per row: see _per_row). remasking: one rule for
+    all rows, or a list of B; a low-confidence row draws no random order, so it samples as it would
+    in a batch of low-confidence rows."""
     in_block = torch.arange(logits.size(1), device=logits.device) < block_end  # (S,): nothing right of the block yet
     can_commit = is_masked & in_block  # (B, S): the positions this step may commit
+    B, S = is_masked.shape
+    rules = remasking if isinstance(remasking, (list, tuple)) else [remasking] * B
+    by_confidence = [rule == "low_confidence" for rule in rules]  # (B,) which rows commit the most confident
     if isinstance(generator, (list, tuple)):
         x0 = _per_row(lambda b, g: add_gumbel_noise(logits[b], temperature, g).argmax(dim=-1),
                       lambda b: logits[b].argmax(dim=-1), generator, can_commit)  # (B, S) proposals
     else:
         x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, S) proposals
-    if remasking == "low_confidence" or threshold is not None:
+    if any(by_confidence) or threshold is not None:
         probs = F.softmax(logits.float(), dim=-1)  # noise-free confidence
         p_x0 = torch.gather(probs, -1, x0[..., None]).squeeze(-1)  # (B, S)
-    if remasking == "low_confidence":
+    if all(by_confidence):
         confidence = p_x0
     elif isinstance(generator, (list, tuple)):
-        S = x0.size(1)
-        confidence = _per_row(lambda b, g: torch.rand(S, device=x0.device, generator=g),
-                              lambda b: torch.zeros(S, device=x0.device), generator, can_commit)  # (B, S)
+        def row_confidence(b, g):
+            return p_x0[b] if by_confidence[b] else torch.rand(S, device=x0.device, generator=g)
+        confidence = _per_row(row_confidence, lambda b: torch.zeros(S, device=x0.device), generator,
+                              can_commit)  # (B, S)
     else:
         confidence = torch.rand(x0.shape, device=x0.device, generator=generator)  # (B, S)
+        if any(by_confidence):
+            confidence = torch.where(torch.tensor(by_confidence, device=x0.device)[:, None], p_x0, confidence)
     confidence = torch.where(can_commit, confidence, -torch.inf)  # committed tokens stay
     if threshold is None:
         return x0, _top_k_per_row(confidence, k)

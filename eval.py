@@ -116,7 +116,8 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     (diffusion.generate; None, None = the reference). max_prompt_length: cut longer prompts from the
     left (d1's rollouts: 200). batch_size: rows per sampler call (None: all at once); the memory of
     a call grows with rows x length x vocabulary. pad_to: left-pad the prompts to at least this
-    length (left_pad). generator: one for all rows, or a list with one per item (diffusion.generate).
+    length (left_pad). generator and remasking: one for all rows, or a list with one per item
+    (diffusion.generate).
     early_stop: a sampler call ends once every answer in it has ended its turn (diffusion.generate's
     stop_ids); the scores are the same, the positions after an answer's end are never generated.
     Returns Completions."""
@@ -134,7 +135,8 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     for rows in row_slices(len(items), batch_size):
         outputs.append(generate(model, prompt_ids[rows], steps=steps or gen_length // 2, gen_length=gen_length,
                                 block_length=min(block_length, gen_length), temperature=temperature,
-                                remasking=remasking, attention_mask=attention[rows],
+                                remasking=remasking[rows] if isinstance(remasking, list) else remasking,
+                                attention_mask=attention[rows],
                                 generator=generator[rows] if isinstance(generator, list) else generator,
                                 on_step=lambda x, step: taken.append(step), cache=cache,
                                 threshold=threshold,

@@ -6,6 +6,7 @@ Stage 3, diffu-GRPO (d1 paper, Sec. 3.2 and Algorithm 1): policy-gradient RL for
     python train.py --stage grpo --remasking=low_confidence         # d1's rollouts (deviation 5)
     python train.py --stage grpo --cache=none                       # d1's sampler for the rollouts (deviation 7)
     python train.py --stage grpo --threshold=0.9                     # also parallel decoding (Fast-dLLM)
+    python train.py --stage grpo --probe=64                          # no training: what the rollouts find
     torchrun --nproc_per_node=8 train.py --stage grpo ...            # 8 processes (GPUs), the same run
 
 GRPO needs log pi(o_k | q, o_<k) per token. An autoregressive model gives that in one forward
@@ -42,6 +43,9 @@ Deviations from d1's released code (github.com/dllm-reasoning/d1), on purpose:
      already sure of, so the tiny model's G completions often come out identical: a group with
      equal rewards has zero advantage and teaches nothing (README, "Honest notes", has the
      numbers). Evaluation still decodes greedily, most-confident first, as d1's does.
+     --remasking=mixed samples half of each group each way (group_remasking; README, "Moving the
+     table", item 19). The log-probs do not depend on the order a rollout was written in (every
+     estimator masks the whole completion), so rows of either kind train alike.
   6. Every rollout row samples with its own noise generator, seeded by (seed, step, question, i),
      and every prompt of a step is left-padded to the step's longest: a row's answer is then the
      same whichever process samples it, in whatever batch (see "Several processes" below). d1's
@@ -88,11 +92,12 @@ from typing import ClassVar
 import torch
 from tqdm import tqdm
 
-from checkpoint import finish, load_tokenizer, model_config, restore, save_run
+from checkpoint import finish, load_any, load_tokenizer, model_config, restore, save_run
 from common import (ConfigError, FinetuneConfig, MetricsLog, autocast, check_choice, check_range, init_model,
                     make_optimizer, mix_seed, row_slices, set_lr, start_run)
 from diffusion import REMASKING, check_fast_sampler, check_sampler
-from distributed import all_gather_objects, all_sum, check_split, is_main, my_rows, shard, sync_gradients, world, wrap
+from distributed import (all_gather_objects, all_sum, check_split, is_main, launched, my_rows, shard, sync_gradients,
+                         world, wrap)
 from estimators import ESTIMATORS, chunked_logps, completion_weights, estimate_logps, loss_logps, prompt_mask
 from eval import complete
 from lora import adapters_off
@@ -100,6 +105,8 @@ from plot import plot_rewards, print_summaries
 from tasks_d1 import D1_TASK_NAMES, d1_task
 from tasks_tiny import get_tiny_tasks
 
+
+ROLLOUT_REMASKING = (*REMASKING, "mixed")  # mixed: half of each group random, half low-confidence (group_remasking)
 
 # d1's runs, stopped by hand, in OPTIMIZER steps. Each rollout round is reused for mu of them, and a
 # step here is one round with its mu updates, so d1's run is D1_STEPS / mu of our steps (GSM8K: 642).
@@ -144,7 +151,7 @@ class GRPOConfig(FinetuneConfig):
     block_length: int = 32  # d1
     diffusion_steps: int = 48  # gen_length / 2: two tokens per step, as d1 (256 length, 128 steps)
     temperature: float = 0.9  # d1
-    remasking: str = "random"  # tiny (d1: low_confidence): deviation 5 in this file's docstring
+    remasking: str = "random"  # tiny (d1: low_confidence), or mixed (half of each group): deviation 5
     cache: str | None = "dual"  # rollouts' KV cache: tiny (d1: none); prefix or dual (Fast-dLLM): deviation 7
     threshold: float | None = None  # rollouts' parallel decoding threshold in (0, 1], e.g. 0.9; none = off (d1)
     mu: int = 4  # inner updates per rollout; tiny (d1: 12 GSM8K/MATH, 8 Countdown/Sudoku)
@@ -152,6 +159,7 @@ class GRPOConfig(FinetuneConfig):
     estimator: str = "d1"  # line 8's log-probs: d1 (one step), coupled or elbo (later work; estimators.py)
     elbo_samples: int = 2  # K, forward passes per log-prob of --estimator=elbo (tiny choice)
     resample_rounds: int = 0  # dynamic sampling (DAPO): up to N more rollouts replace tied groups; 0 = off (d1)
+    probe: int = 0  # N > 0: no training; what these rollouts find on N training questions per task (probe_rollouts)
     epsilon: float = 0.5  # clip range, d1's run scripts (dataclass default 0.2)
     beta: float = 0.04  # KL weight, d1
     scale_rewards_by_std: bool = False  # d1 runs without std division (Dr. GRPO style)
@@ -174,7 +182,7 @@ class GRPOConfig(FinetuneConfig):
         if self.group_size < 2:
             raise ValueError(f"--group_size={self.group_size}: GRPO needs at least 2 completions per question "
                              "(advantages are rewards minus the group mean; a group of 1 has no signal)")
-        check_choice("remasking", self.remasking, REMASKING)
+        check_choice("remasking", self.remasking, ROLLOUT_REMASKING)
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_sampler(self.gen_length, self.block_length, self.diffusion_steps,
                       keys=("gen_length", "block_length", "diffusion_steps"))
@@ -188,7 +196,9 @@ class GRPOConfig(FinetuneConfig):
                               "its own tied groups, a different number of rollouts on each, and sharded weights "
                               "need every process in each forward; drop --resample_rounds or --fsdp")
         check_range(self, 1, None, "questions_per_step", "mu", "logp_chunk", "elbo_samples")
-        check_range(self, 0, None, "rollout_batch", "max_prompt_length", "resample_rounds")
+        check_range(self, 0, None, "rollout_batch", "max_prompt_length", "resample_rounds", "probe")
+        if self.probe and launched():
+            raise ConfigError(f"--probe={self.probe} runs in one process: start it with python, not torchrun")
         check_split(self.questions_per_step, "questions per step (--questions_per_step)")  # over torchrun's processes
         if self.task:
             check_choice("task", self.task, D1_TASK_NAMES)
@@ -265,10 +275,20 @@ def rollout(model, tok, questions, numbers, step, P, cfg, device, resample_round
     G = cfg.group_size
     return complete(model, tok, [q for q in questions for _ in range(G)], gen_length=cfg.gen_length,
                     block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                    remasking=cfg.remasking, prompt="rl", cache=cfg.cache, threshold=cfg.threshold,
+                    remasking=group_remasking(cfg.remasking, len(questions), G), prompt="rl", cache=cfg.cache,
+                    threshold=cfg.threshold,
                     generator=rollout_generators(cfg.seed, step, numbers, G, device, resample_round),
                     max_prompt_length=cfg.max_prompt_length or None, pad_to=P,
                     batch_size=cfg.rollout_batch or None)
+
+
+def group_remasking(remasking, n_questions, G):
+    """The rollout rows' remasking: --remasking for every row, or with "mixed" one rule per row, in
+    every group rows 0, 2, 4, ... random and rows 1, 3, 5, ... low-confidence (a row's rule depends
+    only on its place in its group, so on no process count or batch)."""
+    if remasking != "mixed":
+        return remasking
+    return [("random", "low_confidence")[i % 2] for _ in range(n_questions) for i in range(G)]
 
 
 def sample_step(model, tok, step, cfg, pools, mine, device):
@@ -406,6 +426,8 @@ def policy_update(model, optimizer, ro, is_prompt_masked, old, ref, advantages, 
 
 
 def train_grpo(cfg: GRPOConfig):
+    if cfg.probe:
+        return probe_rollouts(cfg)
     device = start_run(cfg, "grpo")  # under torchrun: joins the process group (distributed.setup)
     tok = load_tokenizer(cfg.init)  # the tiny tokenizer, or a LLaDA folder's tokenizer.json
     pools = training_pools(cfg)
@@ -490,6 +512,52 @@ def train_grpo(cfg: GRPOConfig):
         print_summaries([Path(cfg.out_dir) / "metrics.jsonl"])  # minutes, reward first -> last 20%, slope (README)
     finish(cfg, "grpo", model, optimizer, rng, time.time() - t0, tok)
     return model
+
+
+# -----------------------------------------------------------------------------
+# --probe: what the rollouts find before any training
+
+
+def probe_rollouts(cfg):
+    """--probe=N: sample G completions of each of the first N training questions of every task, with
+    this run's rollout settings (line 5 at step 0: --init's model, temperature, remasking, cache,
+    threshold, lengths), and print one line per task. Nothing is trained or written.
+
+    RL sharpens what its sampler finds: a group's advantages are its rewards minus their mean, so
+    a task teaches something only where answers are sometimes right (right: pass@1 for a right/wrong
+    task) and a group often holds one (best of G: pass@G), and a tied group teaches nothing.
+    Returns {task name: probe_summary's dict}."""
+    device = start_run(cfg, "grpo --probe")
+    tok = load_tokenizer(cfg.init)
+    model = load_any(cfg.init, device, tok=tok)[0].eval()
+    rows = cfg.rollout_batch or cfg.questions_per_step * cfg.group_size  # per sampler call, as a training step
+    sampling = replace(cfg, rollout_batch=rows)
+    found = {}
+    for task, examples in training_pools(cfg):
+        questions = [(task, ex) for ex in examples[:cfg.probe]]
+        with autocast(device, cfg.dtype):
+            ro = rollout(model, tok, questions, range(len(questions)), 0, prompt_length(cfg, tok, questions),
+                         sampling, device)
+        found[task.name] = probe_summary(ro, cfg.group_size)
+        print(probe_line(task.name, found[task.name], cfg.group_size), flush=True)
+    return found
+
+
+def probe_summary(ro, G):
+    """A rollout of groups of G -> right (mean of task.correct), best_of_g (the mean over groups of
+    their best answer's score: pass@G where scores are 0 or 1), tied (share of groups whose rewards
+    tie), reward (mean), well_formed (share) and n (rows)."""
+    right = ro.correct.view(-1, G)  # (questions, G)
+    return {"right": right.mean().item(), "best_of_g": right.max(dim=1).values.mean().item(),
+            "tied": len(tied_groups(ro.reward, G)) / right.size(0), "reward": ro.reward.mean().item(),
+            "well_formed": ro.well_formed.float().mean().item(), "n": ro.reward.numel()}
+
+
+def probe_line(name, found, G):
+    """The printed line of one task's probe_summary (README, "Moving the table", item 19)."""
+    return (f"probe {name}: right {100 * found['right']:.1f}% | best of {G} {100 * found['best_of_g']:.1f}% | "
+            f"tied groups {100 * found['tied']:.0f}% | reward {found['reward']:.3f} | "
+            f"well formed {100 * found['well_formed']:.0f}% | {found['n'] // G} questions x {G}")
 
 
 def pool_processes(ro, loss_mask, sums):

@@ -244,10 +244,10 @@ def forward_working_bytes(config, rows, T, c):
 def rollout_bytes(config, rows, T, c, temperature, remasking="low_confidence", cache=None, threshold=None):
     """One sampler call (diffusion.generate) of (rows, T = P + C): the logits of a step, then _commit:
     with temperature, add_gumbel_noise's 2 float64 arrays (the logits' copy and u: 16 bytes per logit);
-    after argmax has freed them, the noise-free softmax of low-confidence remasking or the threshold
-    (fp32 cast + softmax: 8 bytes). The peak is the larger of the two."""
+    after argmax has freed them, the noise-free softmax of low-confidence remasking (in any row: also
+    GRPO's mixed) or the threshold (fp32 cast + softmax: 8 bytes). The peak is the larger of the two."""
     per_logit = c + max(16 if temperature > 0 else 0,
-                        8 if remasking == "low_confidence" or threshold is not None else 0)
+                        8 if remasking != "random" or threshold is not None else 0)
     kv_cache = 2 * config.n_layers * rows * T * config.d_model * c if cache else 0
     return rows * T * config.embedding_size * per_logit + forward_working_bytes(config, rows, T, c) + kv_cache
 

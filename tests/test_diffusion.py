@@ -112,6 +112,28 @@ def test_temperature_zero_is_deterministic_and_sampling_is_seeded(tiny_model):
         assert not (out == MASK).any()
 
 
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_a_row_of_a_mixed_remasking_batch_samples_as_in_a_batch_of_its_own_rule(tiny_model, cache):
+    """remasking as a list, one rule per row, with per-row generators (GRPO's --remasking=mixed): each
+    row's answer is the one it gets when every row follows its rule, so neither kind of row spends
+    the other kind's random numbers."""
+    model = tiny_model(seed=1)
+    prompt = torch.randint(0, 50, (4, 5))
+    rules = ["random", "low_confidence", "random", "low_confidence"]
+
+    def sample(remasking):
+        return generate(model, prompt, steps=8, gen_length=16, block_length=8, temperature=1.0, remasking=remasking,
+                        generator=[torch.Generator().manual_seed(10 + b) for b in range(4)], cache=cache)
+
+    mixed, random, confident = sample(rules), sample("random"), sample("low_confidence")
+    assert torch.equal(mixed[[0, 2]], random[[0, 2]]) and torch.equal(mixed[[1, 3]], confident[[1, 3]])
+    assert not torch.equal(random, confident)  # the rules do differ on this model
+    with pytest.raises(ValueError, match="3 remasking rules for 4 rows"):
+        generate(model, prompt, steps=8, gen_length=16, block_length=8, remasking=rules[:3])
+    with pytest.raises(ValueError, match="remasking='sideways'"):
+        generate(model, prompt, steps=8, gen_length=16, block_length=8, remasking=rules[:3] + ["sideways"])
+
+
 def test_one_token_per_step_equals_plain_reference_loop(tiny_model):
     """block_length = gen_length = steps: commit the single most confident masked token each step."""
     model = tiny_model(seed=2)

@@ -1,11 +1,15 @@
 """grpo.py: advantages, the REINFORCE gradient, clipping, KL, the one-step estimator's masks, the
 rollouts (eval.complete with the RL prompt), and a few GRPO steps that raise a question's reward."""
+from dataclasses import replace
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 import estimators
 import grpo
 from checkpoint import load_model
+from common import ConfigError
 from estimators import sequence_logps
 from eval import Completions, complete
 from tasks import Task
@@ -161,6 +165,29 @@ def test_rollouts_are_groups_of_g_seeded_samples_of_the_rl_prompt(tiny_model):
     torch.testing.assert_close(ro.reward, ro.rewards["correct"] + ro.rewards["format"])
 
 
+def test_mixed_remasking_gives_each_group_both_rules_by_place_and_other_rules_pass_through():
+    assert grpo.group_remasking("mixed", 2, 4) == ["random", "low_confidence"] * 4
+    assert grpo.group_remasking("random", 2, 4) == "random"
+    assert grpo.group_remasking("low_confidence", 2, 4) == "low_confidence"
+    assert grpo.GRPOConfig(remasking="mixed").remasking == "mixed"
+    with pytest.raises(ValueError, match="remasking"):
+        grpo.GRPOConfig(remasking="sideways")
+
+
+def test_mixed_rollouts_are_the_same_in_any_sampler_batch(tiny_model):
+    """complete() hands each sampler call its rows' rules (and generators): 2 calls of 3 rows give
+    the rows of one call of 6."""
+    model, tok, task = tiny_model(tokenizer=True), Tokenizer.tiny(), TINY_TASKS["arith"]
+    items = [(task, ex) for ex in task.examples("train", 2) for _ in range(3)]
+
+    def roll(batch_size):
+        return complete(model, tok, items, gen_length=8, block_length=8, steps=4, temperature=1.0, prompt="rl",
+                        remasking=grpo.group_remasking("mixed", 2, 3), batch_size=batch_size,
+                        generator=grpo.rollout_generators(0, 0, range(2), 3, "cpu")).completion_ids
+
+    assert torch.equal(roll(None), roll(3))
+
+
 # -- a few GRPO steps raise the sampled reward ---------------------------------------------------
 
 
@@ -205,3 +232,57 @@ def test_a_few_grpo_steps_raise_the_sampled_reward_of_one_question(tiny_checkpoi
     after = sampled_reward(grpo.train_grpo(cfg), task)
     assert 0.3 < before < 0.6
     assert after > before + 0.25, (before, after)
+
+
+# -- --probe: what the rollouts find before any training -------------------------------------------
+
+
+def test_probe_summary_counts_right_best_of_g_and_tied_groups():
+    """Three groups of G = 3: one right answer of three, none, and Sudoku-like shares that tie."""
+    correct = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    ro = replace(fake_rollout(N=9), correct=correct, reward=correct * 2 + 0.5,
+                 well_formed=torch.tensor([True] * 8 + [False]))
+    found = grpo.probe_summary(ro, 3)
+    assert found["right"] == pytest.approx(2.5 / 9)
+    assert found["best_of_g"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert found["tied"] == 2 / 3  # the all-wrong group and the group of equal shares
+    assert found["well_formed"] == pytest.approx(8 / 9) and found["n"] == 9
+    assert abs(found["reward"] - (2 * 2.5 / 9 + 0.5)) < 1e-6
+    line = grpo.probe_line("say-o", found, 3)
+    assert line.startswith("probe say-o: right 27.8% | best of 3 50.0% | tied groups 67% |") and "3 questions x 3" in line
+
+
+class ManySayO(SayO):
+    """SayO with 20 numbered questions."""
+
+    def examples(self, split, n=None):
+        return [f"question {i}" for i in range(20)]
+
+
+def test_probe_samples_the_first_questions_as_step_zeros_rollout_and_trains_nothing(tiny_checkpoint, tmp_path,
+                                                                                   monkeypatch, capsys):
+    task, init = ManySayO(), tiny_checkpoint("init.pt")
+    monkeypatch.setattr(grpo, "get_tiny_tasks", lambda names: [task])
+    cfg = grpo.GRPOConfig(init=str(init), out_dir=str(tmp_path / "probe"), probe=5, group_size=4, gen_length=8,
+                          block_length=8, diffusion_steps=4, temperature=1.0, dtype="float32", seed=3, cache=None)
+    found = grpo.train_grpo(cfg)
+    # by hand: the first 5 questions, G rows each, every row's noise seeded as line 5 seeds step 0's
+    model, tok = load_model(init)[0].eval(), Tokenizer.tiny()
+    items = [(task, q) for q in task.examples("train")[:5] for _ in range(4)]
+    ro = complete(model, tok, items, gen_length=8, block_length=8, steps=4, temperature=1.0, remasking="random",
+                  prompt="rl", generator=grpo.rollout_generators(3, 0, range(5), 4, "cpu"))
+    has_o = torch.tensor(["o" in text for text in ro.texts], dtype=torch.float32).view(5, 4)
+    assert found["say-o"]["n"] == 20
+    assert abs(found["say-o"]["right"] - has_o.mean().item()) < 1e-6
+    assert abs(found["say-o"]["best_of_g"] - has_o.max(1).values.mean().item()) < 1e-6
+    assert 0 < found["say-o"]["right"] < 1  # a random model writes an "o" in some answers, not all
+    assert "probe say-o: right" in capsys.readouterr().out
+    assert not (tmp_path / "probe").exists() or not any((tmp_path / "probe").iterdir())  # nothing trained or written
+
+
+def test_probe_is_refused_under_torchrun_and_when_negative(monkeypatch):
+    with pytest.raises(ValueError, match="probe"):
+        grpo.GRPOConfig(probe=-1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--probe=8 runs in one process"):
+        grpo.GRPOConfig(probe=8, questions_per_step=8)
