@@ -128,6 +128,10 @@ def test_a_row_of_a_mixed_remasking_batch_samples_as_in_a_batch_of_its_own_rule(
     mixed, random, confident = sample(rules), sample("random"), sample("low_confidence")
     assert torch.equal(mixed[[0, 2]], random[[0, 2]]) and torch.equal(mixed[[1, 3]], confident[[1, 3]])
     assert not torch.equal(random, confident)  # the rules do differ on this model
+    # one generator for the batch, greedy: the low-confidence rows are an all-low-confidence batch's rows
+    greedy = dict(steps=8, gen_length=16, block_length=8, generator=torch.Generator().manual_seed(0), cache=cache)
+    torch.testing.assert_close(generate(model, prompt, remasking=rules, **greedy)[[1, 3]],
+                               generate(model, prompt, **greedy)[[1, 3]], rtol=0, atol=0)
     with pytest.raises(ValueError, match="3 remasking rules for 4 rows"):
         generate(model, prompt, steps=8, gen_length=16, block_length=8, remasking=rules[:3])
     with pytest.raises(ValueError, match="remasking='sideways'"):
