@@ -1,10 +1,11 @@
 """
-Evaluation, three modes; and complete(), the "ask the model and score the answers" helper that
+Evaluation, four modes; and complete(), the "ask the model and score the answers" helper that
 evaluation and the RL rollouts share.
 
     python eval.py --ckpt=checkpoints/tiny-sft.pt            # a checkpoint on the tiny tasks' test sets
     python eval.py --ckpt=out/grpo/ckpt.pt --tasks=countdown --gen_length=96,128 --n=256
     python eval.py --ckpt=checkpoints/tiny-sft.pt --cache=dual --threshold=0.9    # the fast sampler (Fast-dLLM)
+    python eval.py --ckpt=out/grpo/ckpt.pt --against=checkpoints/tiny-sft.pt      # and its gain over the SFT model
     python eval.py --table                                   # the tiny d1 table: 4 checkpoints x tasks x 2 lengths
     python eval.py --rescore gens/*_256_*.json               # d1's published LLaDA generations (README)
     python eval.py --model=LLaDA-8B-Instruct --task=gsm8k --gen_length=256   # d1's evaluation of a LLaDA folder
@@ -25,7 +26,10 @@ exactly; positions never reached count as padding; --early_stop=false runs every
 --threshold choose the fast sampler of diffusion.generate (Fast-dLLM: Wu et al. 2025, arXiv
 2505.22618), which changes the answers a little and takes fewer steps or cheaper ones. --table keeps
 each cell's result in out/table/ as it is measured, under a hash of the checkpoint, the settings and
-the code (cell_key): run again, it measures only what is missing or changed.
+the code (cell_key): run again, it measures only what is missing or changed. Under the table, and
+after --ckpt=A --against=B (whose cells are kept there too), each gain is printed with its paired
+standard error: both checkpoints answer the same questions, so the gain's error comes from the
+questions on which they differ (paired_gain).
 
 --rescore scores d1's published generation files with d1's evaluation parsing. Each file holds
 {"generations": [{"question", "generations", "ground_truth"}, ...], "gen_length", ...}; the task is
@@ -173,11 +177,12 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto"
              early_stop=True):
     """Greedy completions for `examples`, scored by task.correct and the format check.
 
-    Returns dict(accuracy, stderr, format, n); accuracy and format in percent. The standard error
-    is that of a mean over items (Sudoku items score the share of their empty cells right).
-    cache, threshold: complete()'s fast sampler. early_stop: each batch ends once all its answers
-    have ended (complete(); the same scores in fewer steps). The dict also holds steps, the
-    sampler's mean steps per batch (d1's protocol: gen_length / 2)."""
+    Returns dict(accuracy, stderr, format, n, steps, scores); accuracy and format in percent. The
+    standard error is that of a mean over items (Sudoku items score the share of their empty cells
+    right). cache, threshold: complete()'s fast sampler. early_stop: each batch ends once all its
+    answers have ended (complete(); the same scores in fewer steps). steps is the sampler's mean
+    steps per batch (d1's protocol: gen_length / 2); scores the items' own scores, in test-set
+    order, which compare two checkpoints question by question (paired_gain)."""
     device = next(model.parameters()).device
     model.eval()
     scores, well_formed, steps = [], [], []
@@ -188,11 +193,34 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto"
         scores += done.correct.tolist()
         well_formed += done.well_formed.tolist()
         steps.append(done.steps)
-    n = len(scores)
-    mean = sum(scores) / n
-    var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
-    return {"accuracy": 100 * mean, "stderr": 100 * math.sqrt(var / n), "n": n,
-            "format": 100 * sum(well_formed) / n, "steps": sum(steps) / len(steps)}
+    accuracy, stderr = mean_and_stderr(scores)
+    return {"accuracy": accuracy, "stderr": stderr, "n": len(scores), "format": 100 * sum(well_formed) / len(scores),
+            "steps": sum(steps) / len(steps), "scores": scores}
+
+
+def mean_and_stderr(values):
+    """The mean of per-item values (scores in 0..1, or differences of two), and its standard error,
+    both in percent (points)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
+    return 100 * mean, 100 * math.sqrt(var / n)
+
+
+def paired_gain(new, old, columns):
+    """How much `new` beats `old` (eval_checkpoint results of two checkpoints) in each column and on
+    average, in points, each with its paired standard error: {column or "average": (gain, stderr)}.
+
+    Both were scored on the same questions, so the gain is the mean of the per-question differences
+    new_i - old_i and its standard error sd(new_i - old_i) / sqrt(n). Where the two models get
+    most questions equally right or wrong this is much smaller than sqrt(se_new^2 + se_old^2), the
+    error of two models scored on two independent test sets. The average's differences are each
+    question's mean over the columns (question i of every task and length): the tasks' questions are
+    drawn independently, so the same formula holds."""
+    differences = {c: [a - b for a, b in zip(new[c]["scores"], old[c]["scores"], strict=True)] for c in columns}
+    gains = {c: mean_and_stderr(d) for c, d in differences.items()}
+    gains["average"] = mean_and_stderr([sum(d) / len(columns) for d in zip(*differences.values(), strict=True)])
+    return gains
 
 
 def eval_checkpoint(path, task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, device="auto",
@@ -248,6 +276,10 @@ TABLE_ROWS = (("base (pretrained)", "checkpoints/tiny-base.pt"), ("+SFT", "check
 # The table keeps each cell's result here as it is measured (eval_checkpoint's kept_in), so an
 # interrupted table resumes, and a retrained row is the only one measured again.
 TABLE_CELLS = Path("out/table")
+# Each row's gain over the row its checkpoint was trained from, as d1's Table 1 is read (RL over the
+# base, d1 over SFT): (row, the row it started from); printed under the table (paired_gain)
+TABLE_GAINS = (("+SFT", "base (pretrained)"), ("+diffu-GRPO", "base (pretrained)"), ("d1 (SFT + diffu-GRPO)", "+SFT"),
+               ("d1, coupled estimator", "+SFT"), ("d1, ELBO estimator", "+SFT"))
 # d1 with a later likelihood estimator (README, "Other likelihood estimators"): a row when its
 # checkpoint exists; (name, checkpoint, --estimator)
 ESTIMATOR_ROWS = (("d1, coupled estimator", "checkpoints/tiny-d1-coupled.pt", "coupled"),
@@ -296,6 +328,24 @@ def print_table(task_names="all", gen_lengths=(96, 128), n=256, batch_size=64, d
     for name, results in results_of:
         formats = [results[c]["format"] for c in columns]
         print(f"| {name} | " + " | ".join(f"{f:.1f}" for f in formats) + f" | {sum(formats) / len(formats):.1f} |")
+    results_by_name = dict(results_of)
+    print_gains([(f"{new} over {old}", results_by_name[new], results_by_name[old])
+                 for new, old in TABLE_GAINS if new in results_by_name and old in results_by_name], columns)
+
+
+def print_gains(comparisons, columns):
+    """One table line per (label, new results, old results): paired_gain per column and on average,
+    in points (paired standard error), then how many standard errors that is ("-" where the error is
+    0: the two differ alike on every question, or not at all). Nothing if no comparisons."""
+    if not comparisons:
+        return
+    print("\nGain in points (paired standard error: both checkpoints answer the same questions), "
+          "then gain / standard error\n")
+    print("| gain | " + " | ".join(f"{t} {g}" for t, g in columns) + " | average |\n" + "|---" * (len(columns) + 2) + "|")
+    for label, new, old in comparisons:
+        gains = paired_gain(new, old, columns)
+        cells = [f"{gain:+.1f} ({stderr:.1f}; {f'{gain / stderr:+.1f}' if stderr else '-'})" for gain, stderr in gains.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 # -----------------------------------------------------------------------------
@@ -473,6 +523,7 @@ class EvalConfig:
     task: str = ""  # --model: gsm8k, math, countdown or sudoku; --rescore: the task, when file names do not tell
     data: str = ""  # --model: the test set file (default: data/<file> as in README, 'd1 at full scale')
     out: str = ""  # --model: the generation file (default out/eval/<task>_<model>_<gen>_<steps>_generations.json)
+    against: str = ""  # --ckpt: a second checkpoint; also prints the first's gain over it (paired standard errors)
     tasks: str = "all"  # --ckpt/--table: tiny tasks, comma-separated, or all
     gen_length: tuple[int, ...] = ()  # generation lengths (<= 32 or multiples of 32); --ckpt/--table: 96,128
     n: int | None = None  # test questions per task; none = 256 for --ckpt/--table, all for --model
@@ -498,6 +549,10 @@ class EvalConfig:
                 task_of(path)
         if self.ckpt:
             check_checkpoint_path(self.ckpt)
+        if self.against:
+            if not self.ckpt:
+                raise ConfigError("--against goes with --ckpt: the checkpoint whose gain over it is printed")
+            check_checkpoint_path(self.against)
         if self.model:
             self._check_model_mode()
         elif self.data or self.out:
@@ -528,6 +583,21 @@ class EvalConfig:
                               "or pass --data=FILE")
 
 
+def evaluate_ckpt(cfg):
+    """--ckpt: one checkpoint's results; with --against, the other's too and the first's gain over it.
+    Compared results are kept in the table's folder (TABLE_CELLS), so a shipped checkpoint that the
+    table measured with the same settings is read back, not measured again."""
+    kept_in = TABLE_CELLS if cfg.against else None
+    evaluate_one = lambda path: eval_checkpoint(path, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size,  # noqa: E731
+                                                cfg.device, cfg.dtype, cache=cfg.cache, threshold=cfg.threshold,
+                                                kept_in=kept_in, early_stop=cfg.early_stop)
+    results = evaluate_one(cfg.ckpt)
+    if cfg.against:
+        print(f"against {cfg.against}:")
+        baseline = evaluate_one(cfg.against)
+        print_gains([(f"{cfg.ckpt} over {cfg.against}", results, baseline)], list(results))
+
+
 def main(argv=None):
     try:
         run(argv)
@@ -546,8 +616,7 @@ def run(argv):
         elif cfg.model:
             eval_model(cfg)
         elif cfg.ckpt:
-            eval_checkpoint(cfg.ckpt, cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype,
-                            cache=cfg.cache, threshold=cfg.threshold, early_stop=cfg.early_stop)
+            evaluate_ckpt(cfg)
         else:
             print_table(cfg.tasks, cfg.gen_length, cfg.n, cfg.batch_size, cfg.device, cfg.dtype, cfg.cache,
                         cfg.threshold, cfg.early_stop)

@@ -84,12 +84,36 @@ def test_evaluate_gives_the_exact_accuracy_and_format_of_a_scripted_model():
     assert r["n"] == 5 and r["accuracy"] == pytest.approx(60.0) and r["format"] == pytest.approx(40.0)
     # standard error of the mean of [1, 1, 0, 1, 0]: sqrt(var / n), var = (3 * 0.4^2 + 2 * 0.6^2) / 4
     assert r["stderr"] == pytest.approx(100 * (0.3 / 5) ** 0.5)
+    assert r["scores"] == [1.0, 1.0, 0.0, 1.0, 0.0]  # each question's own, in test-set order
     right = scripted(task, examples, [f"<reasoning></reasoning>\n<answer>{ex.answer}</answer>{EOT}" for ex in examples])
     r = evaluate(right, Tokenizer.tiny(), task, examples, GEN)
     assert r.pop("steps") < GEN // 2  # early stop: every answer ends before the last step
-    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0}
+    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0, "scores": [1.0] * 5}
     r = evaluate(right, Tokenizer.tiny(), task, examples, GEN, early_stop=False)
-    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0, "steps": GEN // 2}  # every step
+    assert r == {"accuracy": 100.0, "stderr": 0.0, "n": 5, "format": 100.0, "steps": GEN // 2,  # every step
+                 "scores": [1.0] * 5}
+
+
+def test_paired_gain_is_the_mean_per_question_difference_with_its_standard_error():
+    columns = [("arith", 32), ("sudoku", 32)]
+    old = {("arith", 32): {"scores": [0.0, 1.0, 1.0, 0.0]}, ("sudoku", 32): {"scores": [0.5, 0.5, 1.0, 0.0]}}
+    new = {("arith", 32): {"scores": [1.0, 1.0, 1.0, 0.0]}, ("sudoku", 32): {"scores": [1.0, 0.5, 1.0, 0.5]}}
+    gains = evaluation.paired_gain(new, old, columns)
+    # arith's differences 1, 0, 0, 0: mean 0.25, sample variance 0.25, standard error sqrt(0.25 / 4)
+    assert gains[("arith", 32)] == pytest.approx((25.0, 25.0))
+    # sudoku's 0.5, 0, 0, 0.5: mean 0.25, variance 1/12
+    assert gains[("sudoku", 32)] == pytest.approx((25.0, 100 * (1 / 12 / 4) ** 0.5))
+    # the average's per-question differences: 0.75, 0, 0, 0.25 -> mean 0.25, variance 0.125
+    assert gains["average"] == pytest.approx((25.0, 100 * (0.125 / 4) ** 0.5))
+    # the same model: no gain, no error; and far below the unpaired sqrt(se_new^2 + se_old^2) when the
+    # two differ on one question of many
+    assert evaluation.paired_gain(old, old, columns)["average"] == (0.0, 0.0)
+    many_old = {("arith", 32): {"scores": [1.0, 0.0] * 50}}
+    many_new = {("arith", 32): {"scores": [1.0, 0.0] * 49 + [1.0, 1.0]}}
+    gain, stderr = evaluation.paired_gain(many_new, many_old, [("arith", 32)])[("arith", 32)]
+    assert gain == pytest.approx(1.0) and stderr == pytest.approx(1.0) and stderr < 5.0 * 2 ** 0.5 / 2
+    with pytest.raises(ValueError):  # scores of other questions do not pair
+        evaluation.paired_gain({("arith", 32): {"scores": [1.0]}}, many_old, [("arith", 32)])
 
 
 def test_eval_prefix_is_prefilled_and_starts_the_scored_text():
@@ -139,7 +163,7 @@ def test_shipped_checkpoints_load_and_score(name, capsys):
 
 def fake_results(accuracy, fmt):
     """eval_checkpoint's results for the columns (arith, 32) and (arith, 64)."""
-    return {("arith", g): {"accuracy": a, "stderr": a / 10, "n": 2, "format": f}
+    return {("arith", g): {"accuracy": a, "stderr": a / 10, "n": 2, "format": f, "scores": [a / 100] * 2}
             for g, a, f in zip((32, 64), accuracy, fmt)}
 
 
@@ -156,6 +180,28 @@ def test_table_prints_accuracy_and_format_rows_with_averages(monkeypatch, capsys
     header = "| model | arith 32 | arith 64 | average |\n|---|---|---|---|"
     assert header + "\n| base | 50.0 (5.0) | 25.0 (2.5) | 37.5 |\n| sft | 0.0 (0.0) | 12.5 (1.2) | 6.2 |" in accuracy
     assert header + "\n| base | 100.0 | 50.0 | 75.0 |\n| sft | 0.0 | 0.0 | 0.0 |" in fmt
+    assert "| gain |" not in fmt  # these rows' names are not the table's, so no gain is printed
+
+
+def test_table_prints_each_rows_gain_over_the_row_it_was_trained_from(monkeypatch, capsys, tmp_path):
+    names = ("base (pretrained)", "+SFT", "+diffu-GRPO", "d1 (SFT + diffu-GRPO)")
+    rows = tuple((name, tmp_path / f"{i}.pt") for i, name in enumerate(names))
+    for _, path in rows:
+        path.touch()
+    accuracies = {"base (pretrained)": (50.0, 0.0), "+SFT": (50.0, 50.0), "+diffu-GRPO": (100.0, 0.0),
+                  "d1 (SFT + diffu-GRPO)": (50.0, 100.0)}
+    results = {path: fake_results(accuracies[name], (100.0, 100.0)) for name, path in rows}
+    results[rows[1][1]][("arith", 64)]["scores"] = [1.0, 0.0]  # SFT's 50% at length 64: right on question 0 only
+    monkeypatch.setattr(evaluation, "TABLE_ROWS", rows)
+    monkeypatch.setattr(evaluation, "ESTIMATOR_ROWS", ())
+    monkeypatch.setattr(evaluation, "eval_checkpoint", lambda path, *args, **kw: results[path])
+    evaluation.print_table("arith", gen_lengths=(32, 64), n=2)
+    gains = capsys.readouterr().out.split("Gain in points")[1].splitlines()
+    assert gains[2:5] == ["| gain | arith 32 | arith 64 | average |", "|---|---|---|---|",
+                          "| +SFT over base (pretrained) | +0.0 (0.0; -) | +50.0 (50.0; +1.0) | +25.0 (25.0; +1.0) |"]
+    assert gains[5] == "| +diffu-GRPO over base (pretrained) | +50.0 (0.0; -) | +0.0 (0.0; -) | +25.0 (0.0; -) |"
+    assert gains[6] == "| d1 (SFT + diffu-GRPO) over +SFT | +0.0 (0.0; -) | +50.0 (50.0; +1.0) | +25.0 (25.0; +1.0) |"
+    assert len(gains) == 7
 
 
 def test_table_adds_the_estimator_rows_that_are_trained_and_says_how_to_train_the_others(monkeypatch, capsys,
@@ -232,9 +278,27 @@ def test_table_names_a_missing_checkpoint(monkeypatch, tmp_path, user_error):
     (["--ckpt=checkpoints/tiny-sft.pt", "--n=0"], "--n=0: must be at least 1"),
     (["--ckpt=nope.pt"], "checkpoint nope.pt does not exist"),
     ([f"--ckpt={ROOT / 'checkpoints/tiny-sft.pt'}", "--tasks=chess"], "unknown task 'chess'"),
+    (["--table", "--against=checkpoints/tiny-sft.pt"], "--against goes with --ckpt"),
+    ([f"--ckpt={ROOT / 'checkpoints/tiny-sft.pt'}", "--against=nope.pt"], "checkpoint nope.pt does not exist"),
 ])
 def test_command_line_errors_are_one_line(argv, message, user_error):
     assert user_error(evaluation.main, argv, "eval.py").startswith(message)
+
+
+def test_command_line_against_prints_the_gain_and_keeps_both_checkpoints_cells(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(evaluation, "TABLE_CELLS", tmp_path / "table")
+    sft, d1 = ROOT / "checkpoints/tiny-sft.pt", ROOT / "checkpoints/tiny-d1.pt"
+    argv = [f"--ckpt={d1}", f"--against={sft}", "--tasks=sudoku", "--gen_length=32", "--n=4", "--dtype=float32"]
+    evaluation.main(argv)
+    out = capsys.readouterr().out
+    assert sorted(f.name.split("-")[1] for f in (tmp_path / "table").iterdir()) == ["d1", "sft"]
+    kept = {f.name.split("-")[1]: evaluation.json.loads(f.read_text()) for f in (tmp_path / "table").iterdir()}
+    cell = ("sudoku", 32)
+    gain, stderr = evaluation.paired_gain({cell: kept["d1"]}, {cell: kept["sft"]}, [cell])[cell]
+    assert f"against {sft}:" in out
+    ratio = f"{gain / stderr:+.1f}" if stderr else "-"
+    assert out.splitlines()[-1] == f"| {d1} over {sft} | {gain:+.1f} ({stderr:.1f}; {ratio}) | {gain:+.1f} ({stderr:.1f}; {ratio}) |"
+    assert gain == pytest.approx(kept["d1"]["accuracy"] - kept["sft"]["accuracy"])
 
 
 def test_command_line_evaluates_a_checkpoint(capsys):
