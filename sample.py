@@ -16,11 +16,19 @@ position, · an end-of-text token (answers are padded with them up to gen_length
 
 On a terminal the answer is redrawn in place every step; otherwise (a pipe, a log) a line is
 printed every steps/8 steps. Then the final answer is printed, cut at the first end token.
+
+--order=TASK counts what the display shows on one answer, over many: greedy answers to --n test
+questions of a tiny task (its evaluation prompt, one batch), and how many of them had their answer
+unmasked before their reasoning was finished (answer_order; README, "Moving the table", item 20):
+
+    python sample.py --model=checkpoints/tiny-sft.pt --order=arith --gen_length=96 --steps=48
+    python sample.py --model=checkpoints/tiny-sft.pt --order=arith --gen_length=96 --steps=96 --block_length=1
 """
 
 import math
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,8 @@ import torch
 from checkpoint import load_any
 from common import ConfigError, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import REMASKING, check_sampler, generate
+from eval import left_pad
+from tasks_tiny import TINY_TASKS
 from tokenizer import end_of_turn
 
 MASK_SHOWN = "░"  # a position still masked
@@ -50,13 +60,22 @@ class SampleConfig:
     device: str = "auto"  # auto -> cuda, then mps, then cpu
     dtype: str = "auto"  # auto keeps the checkpoint's (bf16 for LLaDA-8B, fp32 for a project .pt)
     seed: int = 0  # for temperature > 0 or random remasking
+    order: str = ""  # a tiny task: instead of --prompt, count the answers written before their reasoning
+    n: int = 128  # --order: test questions
 
     def __post_init__(self):
         if not self.model:
             raise ConfigError("--model is required: a LLaDA folder or a project .pt checkpoint")
         if not Path(self.model).exists():
             raise ConfigError(f"--model={self.model}: no such file or folder")
-        if not self.prompt.strip():
+        if self.order:
+            check_choice("order", self.order, tuple(TINY_TASKS))
+            check_range(self, 1, None, "n")
+            if self.prompt:
+                raise ConfigError("--order asks the task's own questions: leave out --prompt")
+            if self.temperature or self.cfg_scale:
+                raise ConfigError("--order decodes greedily, as the evaluation: leave out --temperature and --cfg_scale")
+        elif not self.prompt.strip():
             raise ConfigError("--prompt is required and must not be blank")
         self.prompt = self.prompt.replace("\\n", "\n")  # a typed \n is a newline
         pick_device(self.device)
@@ -108,6 +127,65 @@ def show_progress(tok, P, steps, out=None):
     return on_step
 
 
+# -----------------------------------------------------------------------------
+# --order: is the answer written before the reasoning that should lead to it?
+
+
+def answer_first(first_step, ids, answer_open):
+    """first_step: the step at which each answer position was unmasked; ids: the answer's token ids;
+    answer_open: the ids of "<answer>". True if the token after the first "<answer>" was unmasked
+    at an earlier step than some token before it (the reasoning was not finished), False if not,
+    None if the answer has no "<answer>"."""
+    k = len(answer_open)
+    for i in range(len(ids) - k):
+        if ids[i:i + k] == answer_open:
+            return first_step[i + k] < max(first_step[:i], default=-1)
+    return None
+
+
+@torch.no_grad()
+def answer_order(model, tok, task, examples, gen_length, steps, block_length, remasking="low_confidence"):
+    """Greedy answers to `examples` in one batch (the evaluation's prompts, left-padded), with the
+    step that unmasks each position recorded. Returns (answers written first, answers with an
+    "<answer>" tag, the sum of their scores (task.correct, the evaluation's measure), a Counter of
+    the answers given (task.answer_of; None: no answer))."""
+    device = next(model.parameters()).device
+    prompts, attention = left_pad([tok.chat(task.eval_prompt(ex)) + tok.encode(task.eval_prefix)
+                                   for ex in examples], tok.eos_id)  # (N, P)
+    P = prompts.size(1)
+    first_step = torch.full((len(examples), gen_length), -1)  # (N, C) -1 while still masked
+
+    def on_step(x, step):
+        first_step[(x[:, P:].cpu() != tok.mask_id) & (first_step < 0)] = step
+
+    out = generate(model, prompts.to(device), steps=steps, gen_length=gen_length, block_length=block_length,
+                   remasking=remasking, attention_mask=attention.to(device), on_step=on_step)  # (N, P + C)
+    answer_open = tok.encode("<answer>")
+    written_first, tagged, score, given = 0, 0, 0.0, Counter()
+    for ex, ids, steps_of in zip(examples, out[:, P:].tolist(), first_step.tolist()):
+        first = answer_first(steps_of, ids, answer_open)
+        tagged += first is not None
+        written_first += bool(first)
+        text = task.eval_prefix + end_of_turn(tok.decode(ids))
+        score += task.correct(text, ex)
+        given[task.answer_of(text)] += 1
+    return written_first, tagged, score, given
+
+
+def print_answer_order(cfg, model, tok):
+    """--order's one line: the answers written first, and the evaluation's score of the same answers."""
+    task = TINY_TASKS[cfg.order]
+    first, tagged, score, given = answer_order(model, tok, task, task.examples("test", cfg.n), cfg.gen_length,
+                                               cfg.steps, cfg.block_length, cfg.remasking)
+    print(f"{task.name}, gen {cfg.gen_length}, block {cfg.block_length}, {cfg.steps} steps, {cfg.n} test questions: "
+          f"answer written before its reasoning ends in {first} of the {tagged} answers with an <answer> tag; "
+          f"accuracy {100 * score / cfg.n:.1f}%; commonest answers: "
+          + ", ".join(f"{answer!r} x{count}" for answer, count in given.most_common(3)))
+
+
+# -----------------------------------------------------------------------------
+
+
 def main(argv=None):
     with one_line_errors("sample.py"):
         cfg = cli(SampleConfig, sys.argv[1:] if argv is None else argv)
@@ -115,6 +193,8 @@ def main(argv=None):
         torch.manual_seed(cfg.seed)
         model, tok = load_any(cfg.model, device, None if cfg.dtype == "auto" else cfg.dtype)
         model.eval()
+        if cfg.order:
+            return print_answer_order(cfg, model, tok)
         prompt = torch.tensor([tok.chat(cfg.prompt)], device=device)  # (1, P)
         P = prompt.size(1)
         if P + cfg.gen_length > model.config.max_sequence_length:

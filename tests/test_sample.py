@@ -1,5 +1,7 @@
 """sample.py: runs a tiny random checkpoint end to end, shows progress, refuses a too-long prompt."""
 import io
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +9,11 @@ import torch
 import sample
 from checkpoint import load_model, save_pretrained
 from diffusion import generate
+from eval import complete
+from tasks_tiny import TINY_TASKS
 from tokenizer import Tokenizer, end_of_turn
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -59,6 +65,10 @@ def test_too_long_prompt_is_refused_with_its_length(tiny):
     (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--steps=3"], "--steps=3 must be a multiple of the number of blocks"),
     (["--model=checkpoints/tiny-sft.pt", "--prompt=hi", "--stepz=3"], "unknown key --stepz; did you mean --steps?"),
     (["--model=nope.pt", "--prompt=hi"], "--model=nope.pt: no such file or folder"),
+    (["--model=checkpoints/tiny-sft.pt", "--order=chess"], "--order='chess': expected one of countdown, sudoku, arith"),
+    (["--model=checkpoints/tiny-sft.pt", "--order=arith", "--prompt=hi"], "--order asks the task's own questions"),
+    (["--model=checkpoints/tiny-sft.pt", "--order=arith", "--n=0"], "--n=0: must be at least 1"),
+    (["--model=checkpoints/tiny-sft.pt", "--order=arith", "--temperature=0.5"], "--order decodes greedily"),
 ])
 def test_user_errors_are_one_line(argv, message, user_error):
     assert user_error(sample.main, argv, "sample.py").startswith(message)
@@ -90,3 +100,40 @@ def test_terminal_progress_redraws_in_place():
     first, second = term.getvalue().split("\x1b[2F")  # second frame: up over the 2 rows drawn
     assert first == "\r\x1b[Jstep 1/4\n░░\ufffd\n"  # clear to the end of the screen, draw
     assert second == "\r\x1b[Jstep 2/4\n░░\ufffd\n"
+
+
+# -- --order: is the answer written before its reasoning? ----------------------------------------
+
+
+def test_answer_first_compares_the_answers_step_with_the_reasoning_before_it():
+    tok = Tokenizer.tiny()
+    reasoning, tag, answer = tok.encode("<reasoning>3+4=7</reasoning>\n"), tok.encode("<answer>"), tok.encode("7")
+    ids = reasoning + tag + answer + tok.encode("</answer>")
+    a = len(reasoning) + len(tag)  # the answer's position
+    late = list(range(len(ids)))  # unmasked left to right: the answer after all its reasoning
+    assert sample.answer_first(late, ids, tag) is False
+    early = late.copy()
+    early[a] = 0  # the answer unmasked at the first step, the reasoning after it
+    assert sample.answer_first(early, ids, tag) is True
+    same = [5] * len(ids)  # one step for everything: not before
+    assert sample.answer_first(same, ids, tag) is False
+    assert sample.answer_first(late, reasoning + answer, tag) is None  # no <answer> tag
+
+
+def test_order_counts_answers_written_first_and_scores_them_like_the_evaluation(capsys):
+    model, tok = load_model(ROOT / "checkpoints/tiny-sft.pt")[0].eval(), Tokenizer.tiny()
+    task = TINY_TASKS["arith"]
+    examples = task.examples("test", 8)
+    first, tagged, score, given = sample.answer_order(model, tok, task, examples, 32, 16, 32)
+    done = complete(model, tok, [(task, ex) for ex in examples], 32)  # the evaluation's sampler, one batch
+    assert score == done.correct.sum().item() and 0 <= first <= tagged <= 8
+    assert tagged == sum("<answer>" in text for text in done.texts)
+    assert given == Counter(task.answer_of(text) for text in done.texts)
+    # left to right, one token per step: an answer can never come before the reasoning to its left
+    assert sample.answer_order(model, tok, task, examples, 32, 32, 1)[0] == 0
+    sample.main([f"--model={ROOT / 'checkpoints/tiny-sft.pt'}", "--order=arith", "--n=8", "--gen_length=32",
+                 "--steps=16"])
+    assert capsys.readouterr().out.strip() == (
+        f"arith, gen 32, block 32, 16 steps, 8 test questions: answer written before its reasoning ends in "
+        f"{first} of the {tagged} answers with an <answer> tag; accuracy {100 * score / 8:.1f}%; commonest answers: "
+        + ", ".join(f"{answer!r} x{count}" for answer, count in given.most_common(3)))
