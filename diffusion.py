@@ -177,12 +177,14 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
                       unsure ones up to one per token; `steps` is then unused (at most block_length
                       steps per block).
 
-    Early stop (off by default): stop_ids, the ids that end an answer (end of turn, EOS). Once every
-    row has committed one of them with nothing masked before it, no later step can change any row's
-    text up to its first stop (committed tokens stay), so the sampler returns there; the positions
-    it did not reach stay [MASK]. Scores that read an answer up to its end of turn (eval.py's) are
-    then the reference's exactly, in fewer steps. With temperature > 0 and one shared generator, the
-    draws after the stop are not made, so the generator's later state differs."""
+    Early stop (off by default): stop_ids, the ids that end an answer (end of turn, EOS). Once a row
+    has committed one of them with nothing masked before it, no later step can change its text up to
+    that stop (committed tokens stay). So each block runs only the rows still writing (a row that has
+    ended is retired at the next block's start, and the KV cache is recorded for the rest), and the
+    sampler returns once every row has ended; the positions it did not reach stay [MASK]. Every
+    row's text up to its first stop is then the reference's exactly, in fewer and smaller steps, for
+    greedy decoding or per-row generators (eval.py's scores, GRPO's rollouts). With temperature > 0
+    and one shared generator, the draws of the rows retired are not made, so the others' differ."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     B, P = prompt.shape
     check_sampler(gen_length, block_length, steps)
@@ -200,11 +202,15 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
     kv_cache = None if cache is None else KVCache()
 
     step = 0
+    live = torch.arange(B, device=x.device)  # the rows still writing (early stop retires the others)
     for block in range(num_blocks):
         block_start, block_end = P + block * block_length, P + (block + 1) * block_length
-        plan = commit_plan((x[:, block_start:block_end] == mask_id).sum(1), steps_per_block)  # (B, steps)
+        if stop_ids is not None:  # retire the rows that have ended: the block runs the others only
+            live = live[~answers_ended(x[live, P:], stop_ids, mask_id)]
+        rows = _live_rows(live, attention_mask, is_prompt, generator, remasking)  # their per-row inputs
+        plan = commit_plan((x[live, block_start:block_end] == mask_id).sum(1), steps_per_block)  # (b, steps)
         for i in range(steps_per_block):
-            if threshold is not None and not (x[:, block_start:block_end] == mask_id).any():
+            if threshold is not None and not (x[live, block_start:block_end] == mask_id).any():
                 break  # parallel decoding finished the block early
             # The positions this step runs, lo..hi-1: all of them without a cache, or to (re)fill it
             # (a block's first step); else the block (dual cache) or the block and all right of it.
@@ -216,25 +222,40 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=32, temperat
             else:
                 lo, hi = block_start, block_end if cache == "dual" else T
                 kv_cache.use(lo, hi)
-            logits = _guided_logits(model, x[:, lo:hi], attention_mask, is_prompt[:, lo:hi], mask_id, cfg_scale,
-                                    kv_cache)  # (B, hi - lo, V)
-            x0, commit = _commit(logits, x[:, lo:hi] == mask_id, block_end - lo, plan[:, i], remasking,
-                                 temperature, threshold, generator)  # (B, hi - lo) each
+            running = x[live, lo:hi]  # (b, hi - lo): the live rows' positions this step runs
+            logits = _guided_logits(model, running, rows["attention_mask"], rows["is_prompt"][:, lo:hi], mask_id,
+                                    cfg_scale, kv_cache)  # (b, hi - lo, V)
+            x0, commit = _commit(logits, running == mask_id, block_end - lo, plan[:, i], rows["remasking"],
+                                 temperature, threshold, rows["generator"])  # (b, hi - lo) each
             x = x.clone()  # a new tensor per step (on_step may keep the last one)
-            x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+            x[live, lo:hi] = torch.where(commit, x0, running)
             step += 1
             if on_step is not None:
                 on_step(x, step)
-            if stop_ids is not None and every_answer_ended(x[:, P:], stop_ids, mask_id):
+            if stop_ids is not None and every_answer_ended(x[live, P:], stop_ids, mask_id):
                 return x
     return x
 
 
-def every_answer_ended(answers, stop_ids, mask_id):
-    """True when every row of answers (B, C) holds one of stop_ids with no [MASK] left before it."""
+def answers_ended(answers, stop_ids, mask_id):
+    """(B,) bool: which rows of answers (B, C) hold one of stop_ids with no [MASK] left before it."""
     masked_before = (answers == mask_id).cumsum(dim=1)  # (B, C): [MASK]s up to and including each position
     ended = torch.isin(answers, torch.tensor(stop_ids, device=answers.device)) & (masked_before == 0)  # (B, C)
-    return bool(ended.any(dim=1).all())
+    return ended.any(dim=1)
+
+
+def every_answer_ended(answers, stop_ids, mask_id):
+    """True when every row of answers (B, C) has ended (answers_ended)."""
+    return bool(answers_ended(answers, stop_ids, mask_id).all())
+
+
+def _live_rows(live, attention_mask, is_prompt, generator, remasking):
+    """generate()'s per-row inputs for the rows `live` (indices): the attention mask, the
+    prompt marks, and the generator and remasking rule where they are lists of one per row."""
+    def pick(per_row):
+        return [per_row[i] for i in live.tolist()] if isinstance(per_row, (list, tuple)) else per_row
+    return {"attention_mask": None if attention_mask is None else attention_mask[live],
+            "is_prompt": is_prompt[live], "generator": pick(generator), "remasking": pick(remasking)}
 
 
 def check_per_row(remasking, generator, B):

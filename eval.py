@@ -20,9 +20,10 @@ tiny model is trained to write it itself, so its tasks' eval_prefix is empty.) E
 where format is the share of completions that are exactly "<reasoning>..</reasoning>\\n<answer>..
 </answer>" and then stop (end of turn, EOS padding to the end), and S the sampler's mean steps per
 batch: d1's protocol takes gen_length / 2, fewer with early stop. Early stop (--early_stop, on in
-every mode but --rescore) ends a batch once every answer in it has ended its turn with nothing
-masked before the end: later steps cannot change what is scored, so the scores are the protocol's
-exactly; positions never reached count as padding; --early_stop=false runs every step. --cache and
+every mode but --rescore) runs each block for the answers still writing only, and ends a batch once
+every answer in it has ended its turn with nothing masked before the end: later steps cannot change
+what is scored, so the scores are the protocol's exactly; positions never reached count as padding;
+--early_stop=false runs every step. --cache and
 --threshold choose the fast sampler of diffusion.generate (Fast-dLLM: Wu et al. 2025, arXiv
 2505.22618), which changes the answers a little and takes fewer steps or cheaper ones. --table keeps
 each cell's result in out/table/ as it is measured, under a hash of the checkpoint, the settings and
@@ -111,7 +112,7 @@ def left_pad(sequences, pad_id, pad_to=None):
 @torch.no_grad()
 def complete(model, tok, items, gen_length, block_length=32, steps=None, temperature=0.0,
              remasking="low_confidence", generator=None, prompt="eval", cache=None, threshold=None,
-             max_prompt_length=None, batch_size=None, pad_to=None, early_stop=False):
+             max_prompt_length=None, batch_size=None, pad_to=None, stop_ids=None, on_step=None):
     """Ask the model every (task, example) of `items` and score the answers with the task.
 
     prompt: "eval" (task.eval_prompt, and the task's eval_prefix prefilled in the answer, as d1's
@@ -122,8 +123,10 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     a call grows with rows x length x vocabulary. pad_to: left-pad the prompts to at least this
     length (left_pad). generator and remasking: one for all rows, or a list with one per item
     (diffusion.generate).
-    early_stop: a sampler call ends once every answer in it has ended its turn (diffusion.generate's
-    stop_ids); the scores are the same, the positions after an answer's end are never generated.
+    stop_ids: early stop (diffusion.generate's), the ids that end an answer: evaluate passes the end
+    of turn and EOS, GRPO's rollouts EOS alone. Each answer is the same up to its first
+    stop, so are its scores; positions after it are never generated (they stay [MASK]).
+    on_step(x, step): generate()'s callback, after each step of each sampler call (sample.py --order).
     Returns Completions."""
     check_choice("prompt", prompt, ("eval", "rl"))
     device = next(model.parameters()).device
@@ -135,6 +138,12 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
     prompt_ids, attention = left_pad(encoded, tok.eos_id, pad_to)  # (N, P)
     prompt_ids, attention = prompt_ids.to(device), attention.to(device)
     taken = []  # the sampler's step numbers, one per step: how many it took
+
+    def count_step(x, step):
+        taken.append(step)
+        if on_step is not None:
+            on_step(x, step)
+
     outputs = []
     for rows in row_slices(len(items), batch_size):
         outputs.append(generate(model, prompt_ids[rows], steps=steps or gen_length // 2, gen_length=gen_length,
@@ -142,9 +151,8 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
                                 remasking=remasking[rows] if isinstance(remasking, list) else remasking,
                                 attention_mask=attention[rows],
                                 generator=generator[rows] if isinstance(generator, list) else generator,
-                                on_step=lambda x, step: taken.append(step), cache=cache,
-                                threshold=threshold,
-                                stop_ids=(tok.eot_id, tok.eos_id) if early_stop else None))  # (rows, P + C)
+                                on_step=count_step, cache=cache, threshold=threshold,
+                                stop_ids=stop_ids))  # (rows, P + C)
     completion_ids = torch.cat(outputs)[:, prompt_ids.size(1):]  # (N, C)
 
     # Score every completion with its own task (a batch may mix tasks).
@@ -162,9 +170,14 @@ def complete(model, tok, items, gen_length, block_length=32, steps=None, tempera
                        torch.tensor(well_formed), len(taken))
 
 
+def eval_stop_ids(tok, early_stop):
+    """The evaluation's early stop: an answer ends at its end of turn (or EOS); None = every step."""
+    return (tok.eot_id, tok.eos_id) if early_stop else None
+
+
 def stops_cleanly(tok, ids):
     """The answer ends with <|eot_id|> or EOS and only EOS padding follows (what SFT teaches); [MASK]
-    there is a position an early-stopped sampler never reached (complete's early_stop)."""
+    there is a position an early-stopped sampler never reached (complete's stop_ids)."""
     stops = [i for i, t in enumerate(ids) if t in (tok.eot_id, tok.eos_id)]
     return bool(stops) and all(t in (tok.eos_id, tok.eot_id, tok.mask_id) for t in ids[stops[0]:])
 
@@ -189,7 +202,7 @@ def evaluate(model, tok, task, examples, gen_length, batch_size=64, dtype="auto"
     for i in range(0, len(examples), batch_size):
         with autocast(device, dtype):
             done = complete(model, tok, [(task, ex) for ex in examples[i: i + batch_size]], gen_length,
-                            cache=cache, threshold=threshold, early_stop=early_stop)
+                            cache=cache, threshold=threshold, stop_ids=eval_stop_ids(tok, early_stop))
         scores += done.correct.tolist()
         well_formed += done.well_formed.tolist()
         steps.append(done.steps)
@@ -472,7 +485,7 @@ def eval_model(cfg):
                 batch = items[start:start + cfg.batch_size]
                 with autocast(device, cfg.dtype):
                     done = complete(model, tok, [(task, item) for item in batch], gen_length, cache=cfg.cache,
-                                    threshold=cfg.threshold, early_stop=cfg.early_stop)
+                                    threshold=cfg.threshold, stop_ids=eval_stop_ids(tok, cfg.early_stop))
                 # d1's files hold the answer after the prefilled "<reasoning>", and the bare question
                 answers += [task.generation_record(item, text.removeprefix(task.eval_prefix))
                             for item, text in zip(batch, done.texts)]

@@ -37,7 +37,7 @@ import torch
 from checkpoint import load_any
 from common import ConfigError, check_choice, check_range, cli, one_line_errors, pick_device
 from diffusion import REMASKING, check_sampler, generate
-from eval import left_pad
+from eval import complete
 from tasks_tiny import TINY_TASKS
 from tokenizer import end_of_turn
 
@@ -149,26 +149,22 @@ def answer_order(model, tok, task, examples, gen_length, steps, block_length, re
     step that unmasks each position recorded. Returns (answers written first, answers with an
     "<answer>" tag, the sum of their scores (task.correct, the evaluation's measure), a Counter of
     the answers given (task.answer_of; None: no answer))."""
-    device = next(model.parameters()).device
-    prompts, attention = left_pad([tok.chat(task.eval_prompt(ex)) + tok.encode(task.eval_prefix)
-                                   for ex in examples], tok.eos_id)  # (N, P)
-    P = prompts.size(1)
     first_step = torch.full((len(examples), gen_length), -1)  # (N, C) -1 while still masked
 
     def on_step(x, step):
-        first_step[(x[:, P:].cpu() != tok.mask_id) & (first_step < 0)] = step
+        answers = x[:, -gen_length:].cpu()  # (N, C)
+        first_step[(answers != tok.mask_id) & (first_step < 0)] = step
 
-    out = generate(model, prompts.to(device), steps=steps, gen_length=gen_length, block_length=block_length,
-                   remasking=remasking, attention_mask=attention.to(device), on_step=on_step)  # (N, P + C)
+    done = complete(model, tok, [(task, ex) for ex in examples], gen_length, block_length, steps,
+                    remasking=remasking, on_step=on_step)  # the evaluation's prompts, sampler and scores
     answer_open = tok.encode("<answer>")
-    written_first, tagged, score, given = 0, 0, 0.0, Counter()
-    for ex, ids, steps_of in zip(examples, out[:, P:].tolist(), first_step.tolist()):
+    written_first, tagged, given = 0, 0, Counter()
+    for ids, steps_of, text in zip(done.completion_ids.tolist(), first_step.tolist(), done.texts):
         first = answer_first(steps_of, ids, answer_open)
         tagged += first is not None
         written_first += bool(first)
-        text = task.eval_prefix + end_of_turn(tok.decode(ids))
-        score += task.correct(text, ex)
         given[task.answer_of(text)] += 1
+    score = done.correct.sum().item()
     return written_first, tagged, score, given
 
 

@@ -213,11 +213,50 @@ def test_early_stop_returns_the_references_answers_up_to_their_first_stop(cache,
         assert torch.equal(row[:end + 1], answer[:end + 1])  # the reference's answer up to and with its stop
 
 
+def first_stop_in_block_0_of_row_0_only(answers, block_length):
+    """A token that row 0 writes in its first block and no other row writes in theirs: with it as the
+    stop, row 0 ends in block 0 and the others run on (the test's model is chosen so that one exists)."""
+    others = set(answers[1:, :block_length].flatten().tolist())
+    return next(t for t in answers[0, :block_length].tolist() if t not in others)
+
+
+@pytest.mark.parametrize("cache", [None, "dual"])
+@pytest.mark.parametrize("sampling", ["greedy", "per-row generators"])
+def test_early_stop_retires_ended_rows_and_keeps_every_rows_answer_up_to_its_stop(cache, sampling, tiny_model,
+                                                                                 record_inputs):
+    """A row that has ended is not run in the later blocks (the model sees fewer rows), and every row's
+    answer up to its first stop is the reference's; with temperature, when each row has its own
+    generator (GRPO's rollouts), as without."""
+    model = tiny_model(seed=2)  # a model whose rows 1 and 2 write none of some token row 0 writes in block 0
+    prompt, attention_mask = prompt_and_mask("left")
+    kw = dict(steps=12, gen_length=24, block_length=8, attention_mask=attention_mask, cache=cache)
+    if sampling == "per-row generators":
+        kw.update(temperature=0.9, remasking="random")
+
+    def run(**more):
+        generators = [torch.Generator().manual_seed(seed) for seed in (1, 2, 3)]
+        extra = {"generator": generators} if sampling == "per-row generators" else {}
+        with record_inputs(model) as seen:
+            out = generate(model, prompt, **kw, **extra, **more)
+        return out, seen
+
+    reference, _ = run()
+    stop = first_stop_in_block_0_of_row_0_only(reference[:, 7:], 8)
+    out, seen = run(stop_ids=(stop,))
+    rows_run = [x.size(0) for x in seen]  # one forward per step, 4 steps per block
+    assert rows_run[:4] == [3] * 4 and rows_run[4] == 2 and max(rows_run[4:]) == 2  # row 0 retired after block 0
+    for row, answer in zip(out[:, 7:], reference[:, 7:]):
+        stops = [i for i, t in enumerate(answer.tolist()) if t == stop]
+        end = stops[0] + 1 if stops else len(answer)
+        assert torch.equal(row[:end], answer[:end])  # the reference's answer up to and with its stop
+    assert (out[0, 7 + 8:] == MASK).all()  # row 0's later blocks were never generated
+
+
 def test_eval_with_early_stop_scores_the_same_in_fewer_steps():
     model, tok = load_model(evaluation.HERE / "checkpoints" / "tiny-sft.pt", device="cpu")[0], Tokenizer.tiny()
     task = TINY_TASKS["arith"]
     items = [(task, ex) for ex in task.examples("test", 4)]
-    every_step, early = (complete(model, tok, items, gen_length=64, early_stop=e) for e in (False, True))
+    every_step, early = (complete(model, tok, items, gen_length=64, stop_ids=ids) for ids in (None, (tok.eot_id, tok.eos_id)))
     assert early.texts == every_step.texts and torch.equal(early.correct, every_step.correct)
     assert torch.equal(early.well_formed, every_step.well_formed) and early.well_formed.all()
     assert every_step.steps == 32 and early.steps <= 16  # its short traces end in the first block of 32

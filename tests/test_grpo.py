@@ -11,7 +11,7 @@ import grpo
 from checkpoint import load_model
 from common import ConfigError
 from estimators import sequence_logps
-from eval import Completions, complete
+from eval import HERE, Completions, complete
 from tasks import Task
 from tasks_tiny import TINY_TASKS
 from tokenizer import Tokenizer, chat_prompt
@@ -163,6 +163,27 @@ def test_rollouts_are_groups_of_g_seeded_samples_of_the_rl_prompt(tiny_model):
     assert not torch.equal(roll(1).completion_ids, ro.completion_ids)
     assert set(ro.rewards) == {"correct", "format"}  # both tasks' reward names
     torch.testing.assert_close(ro.reward, ro.rewards["correct"] + ro.rewards["format"])
+
+
+def test_rollouts_stop_at_the_first_eos_where_the_run_reads_nothing_after_it():
+    """With d1's estimator a rollout row stops being sampled at its first EOS: the same texts, rewards,
+    loss tokens and log-probs as every step gives (the coupled estimator's rollouts run every step)."""
+    model, tok = load_model(HERE / "checkpoints" / "tiny-sft.pt")[0], Tokenizer.tiny()
+    questions = [(TINY_TASKS[name], TINY_TASKS[name].examples("train", 1)[0]) for name in ("arith", "sudoku")]
+    cfg = grpo.GRPOConfig(group_size=3)
+    P = grpo.prompt_length(cfg, tok, questions)
+    early, full = (grpo.rollout(model, tok, questions, range(2), 0, P, replace(cfg, estimator=e), "cpu")
+                   for e in ("d1", "coupled"))
+    assert grpo.rollout_stop_ids("d1", tok) == (tok.eos_id,) and grpo.rollout_stop_ids("coupled", tok) is None
+    assert (early.completion_ids[:3, 32:] == tok.mask_id).all()  # Arith's rows ended in block 1 of 3
+    assert not (full.completion_ids == tok.mask_id).any()
+    assert early.texts == full.texts and torch.equal(early.reward, full.reward)
+    in_loss = grpo.completion_mask(full.completion_ids, tok.eos_id)  # (6, 96)
+    assert torch.equal(grpo.completion_mask(early.completion_ids, tok.eos_id), in_loss)
+    assert torch.equal(early.completion_ids[in_loss.bool()], full.completion_ids[in_loss.bool()])
+    prompt_masked = estimators.prompt_mask(0, 0, 0, early.prompt_ids.shape, 0.15, "cpu")
+    logps = [sequence_logps(model, ro, prompt_masked, tok.mask_id)[in_loss.bool()] for ro in (early, full)]
+    assert torch.equal(*logps)
 
 
 def test_mixed_remasking_gives_each_group_both_rules_by_place_and_other_rules_pass_through():
