@@ -19,7 +19,9 @@ printed every steps/8 steps. Then the final answer is printed, cut at the first 
 
 --order=TASK counts what the display shows on one answer, over many: greedy answers to --n test
 questions of a tiny task (its evaluation prompt, one batch), and how many of them had their answer
-unmasked before their reasoning was finished (answer_order; README, "Moving the table", item 20):
+unmasked before their reasoning was finished (answer_order; README, "Moving the table", item 20),
+with the evaluation's accuracy and the answers given most often, each with how many of its uses
+are right (item 21):
 
     python sample.py --model=checkpoints/tiny-sft.pt --order=arith --gen_length=96 --steps=48
     python sample.py --model=checkpoints/tiny-sft.pt --order=arith --gen_length=96 --steps=96 --block_length=1
@@ -148,7 +150,7 @@ def answer_order(model, tok, task, examples, gen_length, steps, block_length, re
     """Greedy answers to `examples` in one batch (the evaluation's prompts, left-padded), with the
     step that unmasks each position recorded. Returns (answers written first, answers with an
     "<answer>" tag, the sum of their scores (task.correct, the evaluation's measure), a Counter of
-    the answers given (task.answer_of; None: no answer))."""
+    the answers given (task.answer_of; None: no answer), a Counter of the score of each answer)."""
     first_step = torch.full((len(examples), gen_length), -1)  # (N, C) -1 while still masked
 
     def on_step(x, step):
@@ -158,25 +160,27 @@ def answer_order(model, tok, task, examples, gen_length, steps, block_length, re
     done = complete(model, tok, [(task, ex) for ex in examples], gen_length, block_length, steps,
                     remasking=remasking, on_step=on_step)  # the evaluation's prompts, sampler and scores
     answer_open = tok.encode("<answer>")
-    written_first, tagged, given = 0, 0, Counter()
-    for ids, steps_of, text in zip(done.completion_ids.tolist(), first_step.tolist(), done.texts):
+    written_first, tagged, given, right = 0, 0, Counter(), Counter()
+    for ids, steps_of, text, score in zip(done.completion_ids.tolist(), first_step.tolist(), done.texts,
+                                          done.correct.tolist()):
         first = answer_first(steps_of, ids, answer_open)
         tagged += first is not None
         written_first += bool(first)
         given[task.answer_of(text)] += 1
-    score = done.correct.sum().item()
-    return written_first, tagged, score, given
+        right[task.answer_of(text)] += score
+    return written_first, tagged, done.correct.sum().item(), given, right
 
 
 def print_answer_order(cfg, model, tok):
-    """--order's one line: the answers written first, and the evaluation's score of the same answers."""
+    """--order's one line: the answers written first, the evaluation's score of the same answers, how
+    many different answers were given, and the commonest with how many of their uses are right."""
     task = TINY_TASKS[cfg.order]
-    first, tagged, score, given = answer_order(model, tok, task, task.examples("test", cfg.n), cfg.gen_length,
-                                               cfg.steps, cfg.block_length, cfg.remasking)
+    first, tagged, score, given, right = answer_order(model, tok, task, task.examples("test", cfg.n),
+                                                      cfg.gen_length, cfg.steps, cfg.block_length, cfg.remasking)
     print(f"{task.name}, gen {cfg.gen_length}, block {cfg.block_length}, {cfg.steps} steps, {cfg.n} test questions: "
           f"answer written before its reasoning ends in {first} of the {tagged} answers with an <answer> tag; "
-          f"accuracy {100 * score / cfg.n:.1f}%; commonest answers: "
-          + ", ".join(f"{answer!r} x{count}" for answer, count in given.most_common(3)))
+          f"accuracy {100 * score / cfg.n:.1f}%; {len(given)} different answers, the commonest (right): "
+          + ", ".join(f"{answer!r} x{count} ({right[answer]:g})" for answer, count in given.most_common(4)))
 
 
 # -----------------------------------------------------------------------------

@@ -124,16 +124,20 @@ def test_order_counts_answers_written_first_and_scores_them_like_the_evaluation(
     model, tok = load_model(ROOT / "checkpoints/tiny-sft.pt")[0].eval(), Tokenizer.tiny()
     task = TINY_TASKS["arith"]
     examples = task.examples("test", 8)
-    first, tagged, score, given = sample.answer_order(model, tok, task, examples, 32, 16, 32)
+    first, tagged, score, given, right = sample.answer_order(model, tok, task, examples, 32, 16, 32)
     done = complete(model, tok, [(task, ex) for ex in examples], 32)  # the evaluation's sampler, one batch
     assert score == done.correct.sum().item() and 0 <= first <= tagged <= 8
     assert tagged == sum("<answer>" in text for text in done.texts)
     assert given == Counter(task.answer_of(text) for text in done.texts)
+    for answer in given:  # each answer's right uses: the questions given it whose gold it is
+        assert right[answer] == sum(task.answer_of(text) == answer and str(ex.answer) == answer
+                                    for ex, text in zip(examples, done.texts))
     # left to right, one token per step: an answer can never come before the reasoning to its left
     assert sample.answer_order(model, tok, task, examples, 32, 32, 1)[0] == 0
     sample.main([f"--model={ROOT / 'checkpoints/tiny-sft.pt'}", "--order=arith", "--n=8", "--gen_length=32",
                  "--steps=16"])
     assert capsys.readouterr().out.strip() == (
         f"arith, gen 32, block 32, 16 steps, 8 test questions: answer written before its reasoning ends in "
-        f"{first} of the {tagged} answers with an <answer> tag; accuracy {100 * score / 8:.1f}%; commonest answers: "
-        + ", ".join(f"{answer!r} x{count}" for answer, count in given.most_common(3)))
+        f"{first} of the {tagged} answers with an <answer> tag; accuracy {100 * score / 8:.1f}%; {len(given)} different "
+        f"answers, the commonest (right): " + ", ".join(f"{answer!r} x{count} ({right[answer]:g})"
+                                                         for answer, count in given.most_common(4)))
