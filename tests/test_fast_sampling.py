@@ -256,7 +256,8 @@ def test_eval_with_early_stop_scores_the_same_in_fewer_steps():
     model, tok = load_model(evaluation.HERE / "checkpoints" / "tiny-sft.pt", device="cpu")[0], Tokenizer.tiny()
     task = TINY_TASKS["arith"]
     items = [(task, ex) for ex in task.examples("test", 4)]
-    every_step, early = (complete(model, tok, items, gen_length=64, stop_ids=ids) for ids in (None, (tok.eot_id, tok.eos_id)))
+    every_step, early = (complete(model, tok, items, gen_length=64, stop_ids=evaluation.eval_stop_ids(tok, on))
+                         for on in (False, True))
     assert early.texts == every_step.texts and torch.equal(early.correct, every_step.correct)
     assert torch.equal(early.well_formed, every_step.well_formed) and early.well_formed.all()
     assert every_step.steps == 32 and early.steps <= 16  # its short traces end in the first block of 32

@@ -138,6 +138,6 @@ def test_order_counts_answers_written_first_and_scores_them_like_the_evaluation(
                  "--steps=16"])
     assert capsys.readouterr().out.strip() == (
         f"arith, gen 32, block 32, 16 steps, 8 test questions: answer written before its reasoning ends in "
-        f"{first} of the {tagged} answers with an <answer> tag; accuracy {100 * score / 8:.1f}%; {len(given)} different "
-        f"answers, the commonest (right): " + ", ".join(f"{answer!r} x{count} ({right[answer]:g})"
-                                                         for answer, count in given.most_common(4)))
+        f"{first} of the {tagged} answers with an <answer> tag; accuracy {100 * score / 8:.1f}%; "
+        f"{len(given)} different answers, the commonest (right): "
+        + ", ".join(f"{answer!r} x{count} ({right[answer]:g})" for answer, count in given.most_common(4)))
