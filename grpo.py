@@ -62,7 +62,7 @@ masked before it, and a rollout ends when every row has. With d1's estimator the
 completion up to its first EOS only (completion_mask) and the log-prob passes mask every completion
 slot, so the tokens after it would enter nothing; the rewards read the text up to the end of turn,
 which comes first. Countdown's and Arith's answers mostly end in the first block of three, so the
-later blocks run Sudoku's rows and few others: the rollouts take about half the time. The coupled
+later blocks run Sudoku's rows and few others (README, "Fast sampling", has the times). The coupled
 and ELBO estimators show the model a completion's later tokens too, so their rollouts run every step.
 
 --threshold adds Fast-dLLM's parallel decoding (off by default): with random remasking a step commits

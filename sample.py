@@ -62,7 +62,7 @@ class SampleConfig:
     device: str = "auto"  # auto -> cuda, then mps, then cpu
     dtype: str = "auto"  # auto keeps the checkpoint's (bf16 for LLaDA-8B, fp32 for a project .pt)
     seed: int = 0  # for temperature > 0 or random remasking
-    order: str = ""  # a tiny task: instead of --prompt, count the answers written before their reasoning
+    order: str = ""  # a tiny task: instead of --prompt, count answers written before their reasoning, and which
     n: int = 128  # --order: test questions
 
     def __post_init__(self):
@@ -145,7 +145,6 @@ def answer_first(first_step, ids, answer_open):
     return None
 
 
-@torch.no_grad()
 def answer_order(model, tok, task, examples, gen_length, steps, block_length, remasking="low_confidence"):
     """Greedy answers to `examples` in one batch (the evaluation's prompts, left-padded), with the
     step that unmasks each position recorded. Returns (answers written first, answers with an
@@ -166,8 +165,9 @@ def answer_order(model, tok, task, examples, gen_length, steps, block_length, re
         first = answer_first(steps_of, ids, answer_open)
         tagged += first is not None
         written_first += bool(first)
-        given[task.answer_of(text)] += 1
-        right[task.answer_of(text)] += score
+        answer = task.answer_of(text)
+        given[answer] += 1
+        right[answer] += score
     return written_first, tagged, done.correct.sum().item(), given, right
 
 
