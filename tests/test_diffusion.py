@@ -86,7 +86,9 @@ def test_generate_invariants(tiny_model):
 
 def test_generate_uneven_plan_and_left_padding(tiny_model):
     model = tiny_model()
-    prompt = torch.randint(0, 50, (2, 6))
+    # a fixed prompt: padded and unpadded forwards differ by rounding, which flips a near-tie in about
+    # 1 random prompt of 400 (7 of 3,000 measured), so an unseeded one made this test fail at random
+    prompt = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     out, states = record_steps(model, prompt, steps=6, gen_length=10, block_length=10, attention_mask=attention_mask)
     start = torch.cat([prompt, torch.full((2, 10), MASK)], 1)
