@@ -30,7 +30,8 @@ so each step's result is learned with its question and the steps before it in vi
 semi-autoregressive sampler writes it. Under random masking a result is almost never seen that
 way (README, "Moving the table", items 2 and 9). --drill_share=0.25 adds pretraining's packed
 arithmetic drills as a quarter of each batch's rows. Both are off by default (item 9 has what
-they did); step_accuracy, printed at the end of a run, measures the step results a model gets right.
+they did); step_accuracy, printed at the end of a run, measures the step results a model gets right,
+with the steps before them in view, with only the result masked, and with its copies masked too (item 22).
 
 This file builds the examples and the batches; the loop is pretraining's (pretrain.denoising_loop),
 which SFT shares: the two stages differ only in their batches.
@@ -215,20 +216,50 @@ def sft_step_batch(step, cfg, tok, ids, prompt_lengths, step_ends=None):
     return x0, lengths, answers
 
 
-def step_accuracy(model, tok, task, device, dtype, n=200, split="test", seq_len=160):
-    """The share of a task's step results the model fills in right when it reads the steps before them:
-    for each "=" of the gold traces of n questions, the row up to the "=" clean and everything after it
-    masked, one greedy read of the token after it. Returns None for a task without "=" (Sudoku).
+STEP_VIEWS = ("before", "result", "copies")
+
+
+def step_probe_row(tok, ids, j, view):
+    """The row in which step_accuracy reads the result at position j of a gold row ids (a list).
+
+    view "before": the row up to the result clean, everything from it on masked (how the
+    semi-autoregressive sampler meets a result). view "result": the whole row clean but the result.
+    view "copies": the same, with the places the trace writes the result again masked too: a later
+    equal token at the start of a line or just inside a tag (in Arith, the next line's first number
+    and the answer). A model that fills results in the "result" view and not in the "copies" one
+    copies them; one that fills them in both computes them.
+
+        before   <reasoning>2+7=  M M M M M M M M M M M M M M M M M M M
+        result   <reasoning>2+7=M\n9-3=6\n6+2=8</reasoning>\n<answer>8</answer>
+        copies   <reasoning>2+7=M\nM-3=6\n6+2=8</reasoning>\n<answer>8</answer>"""
+    if view == "before":
+        return ids[:j] + [tok.mask_id] * (len(ids) - j)
+    row = list(ids)
+    row[j] = tok.mask_id
+    if view == "copies":
+        for k in range(j + 1, len(ids)):
+            if ids[k] == ids[j] and tok.decode([ids[k - 1]]).endswith(("\n", ">")):  # a copy
+                row[k] = tok.mask_id
+    return row
+
+
+def step_accuracy(model, tok, task, device, dtype, n=200, split="test", seq_len=160, view="before"):
+    """The share of a task's step results the model fills in right: for each "=" of the gold
+    traces of n questions, one greedy read of the token after it in the row step_probe_row builds
+    for `view`. Returns None for a task without "=" (Sudoku).
 
         P P P  <reasoning>5-2=  M M M M ...     right if the model's top token here is "3"
 
-    This is how the semi-autoregressive sampler meets a result, and how --trace_drills trains it."""
+    view "before" is how the semi-autoregressive sampler meets a result, and how --trace_drills
+    trains it; "result" and "copies" ask whether the model copies a result or computes it (README,
+    "Moving the table", item 22)."""
+    check_choice("view", view, STEP_VIEWS)
     rows, at = [], []  # (R, T) masked rows, and (row, position) of each result
     for ex in task.examples(split, n):
         ids, P = encode_example(tok, task.rl_prompt(ex), task.sft_response(ex, random.Random(0), 0.0), seq_len)
         for j in range(P + 1, len(ids)):
             if tok.decode([ids[j - 1]]).endswith("="):
-                rows.append(ids[:j] + [tok.mask_id] * (len(ids) - j))
+                rows.append(step_probe_row(tok, ids, j, view))
                 at.append((j, ids[j]))
     if not rows:
         return None
@@ -262,7 +293,9 @@ def train_sft(cfg: SFTConfig):
     model = denoising_loop(cfg, "sft", model, tok, device, batch_at)
     if not cfg.data:  # how many step results the traces taught (README, "Moving the table", 9)
         for task in get_tiny_tasks(cfg.tasks):  # on every process: a sharded (--fsdp) forward needs them all
-            share = step_accuracy(model, tok, task, device, cfg.dtype, seq_len=cfg.seq_len)
-            if share is not None and is_main():
-                print(f"{task.name}: {share:.1%} of the test traces' step results right, the steps before in view")
+            before, result, copies = (step_accuracy(model, tok, task, device, cfg.dtype, seq_len=cfg.seq_len,
+                                                    view=v) for v in STEP_VIEWS)
+            if before is not None and is_main():
+                print(f"{task.name}: test traces' step results right: {before:.1%} with the steps before in view, "
+                      f"{result:.1%} with only the result masked, {copies:.1%} with its copies masked too")
     return model

@@ -1,5 +1,7 @@
 """sft.py: the row layout (clean prompt, response, eot, EOS padding), seeded batches, and the loss on it."""
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,11 +134,12 @@ def test_a_step_batch_has_sft_rows_then_trace_drills_then_fact_drills():
 class ArithOracle(torch.nn.Module):
     """A stand-in model that reads "a+b=" or "a-b=" just before each position and puts all its
     weight on the right digit there if it and the rest of the row are masked (else on EOS): right
-    exactly where a row shows a step's question in full and hides what follows; off by one with `slip`."""
+    exactly where a row shows a step's question in full and hides what follows; off by one with `slip`;
+    with anywhere=True it computes wherever the result is masked, whatever follows is in view."""
 
-    def __init__(self, tok, slip=0):
+    def __init__(self, tok, slip=0, anywhere=False):
         super().__init__()
-        self.tok, self.slip = tok, slip
+        self.tok, self.slip, self.anywhere = tok, slip, anywhere
         self.digit = {tok.encode(str(d))[0]: d for d in range(10)}
         self.op = {tok.encode(o)[0]: o for o in "+-"}
 
@@ -147,6 +150,7 @@ class ArithOracle(torch.nn.Module):
         for r, j in (x[:, :-1] == eq).nonzero().tolist():
             a, op, b = (x[r, j - k].item() for k in (3, 2, 1))
             hidden = (x[r, j + 1:] == self.tok.mask_id).all()  # the result and all after it masked
+            hidden = hidden or (self.anywhere and x[r, j + 1] == self.tok.mask_id)
             if a in self.digit and op in self.op and b in self.digit and hidden:
                 value = self.digit[a] + self.digit[b] if self.op[op] == "+" else self.digit[a] - self.digit[b]
                 logits[r, j + 1, self.tok.encode(str((value + self.slip) % 10))[0]] = 2.0
@@ -159,3 +163,37 @@ def test_step_accuracy_reads_each_result_with_the_steps_before_it_in_view():
     assert sft.step_accuracy(ArithOracle(tok), tok, arith, torch.device("cpu"), "float32", n=20) == 1.0
     assert sft.step_accuracy(ArithOracle(tok, slip=1), tok, arith, torch.device("cpu"), "float32", n=20) == 0.0
     assert sft.step_accuracy(ArithOracle(tok), tok, sudoku, torch.device("cpu"), "float32", n=5) is None
+
+
+def test_step_probe_copies_view_hides_the_result_where_the_trace_writes_it_again():
+    tok = Tokenizer.tiny()
+    arith = TINY_TASKS["arith"]
+    ex = next(e for e in arith.examples("test", 50) if len(e.steps) == 3)
+    ids, P = sft.encode_example(tok, arith.rl_prompt(ex), arith.sft_response(ex, random.Random(0), 0.0), 160)
+    results = [j for j in range(P + 1, len(ids)) if tok.decode([ids[j - 1]]).endswith("=")]
+    (a, op1, b1, r1), (_, op2, b2, r2), (_, op3, b3, r3) = arith._lines(ex)
+    M = tok.decode([tok.mask_id])
+
+    def shown(j, view):  # the response part of the probe row, masks as M
+        return tok.decode(sft.step_probe_row(tok, ids, j, view)[P:]).split("<|eot_id|>")[0]
+
+    answer = f"<answer>{r3}</answer>"
+    assert [shown(j, "copies") for j in results] == [
+        f"<reasoning>{a}{op1}{b1}={M}\n{M}{op2}{b2}={r2}\n{r2}{op3}{b3}={r3}</reasoning>\n{answer}",
+        f"<reasoning>{a}{op1}{b1}={r1}\n{r1}{op2}{b2}={M}\n{M}{op3}{b3}={r3}</reasoning>\n{answer}",
+        f"<reasoning>{a}{op1}{b1}={r1}\n{r1}{op2}{b2}={r2}\n{r2}{op3}{b3}={M}</reasoning>\n<answer>{M}</answer>"]
+    assert shown(results[1], "result") == (f"<reasoning>{a}{op1}{b1}={r1}\n{r1}{op2}{b2}={M}\n{r2}{op3}{b3}={r3}"
+                                           f"</reasoning>\n{answer}")
+    before = sft.step_probe_row(tok, ids, results[0], "before")
+    assert before[:results[0]] == ids[:results[0]] and set(before[results[0]:]) == {tok.mask_id}
+
+
+def test_step_accuracy_copies_view_tells_a_model_that_computes_from_one_that_needs_the_rest_hidden():
+    tok = Tokenizer.tiny()
+    arith, cpu = TINY_TASKS["arith"], torch.device("cpu")
+    for view in sft.STEP_VIEWS:
+        assert sft.step_accuracy(ArithOracle(tok, anywhere=True), tok, arith, cpu, "float32", n=20, view=view) == 1.0
+    for view in ("result", "copies"):
+        assert sft.step_accuracy(ArithOracle(tok), tok, arith, cpu, "float32", n=20, view=view) == 0.0
+    with pytest.raises(ValueError, match="view"):
+        sft.step_accuracy(ArithOracle(tok), tok, arith, cpu, "float32", n=2, view="after")
