@@ -32,6 +32,9 @@ way (README, "Moving the table", items 2 and 9). --drill_share=0.25 adds pretrai
 arithmetic drills as a quarter of each batch's rows. Both are off by default (item 9 has what
 they did); step_accuracy, printed at the end of a run, measures the step results a model gets right,
 with the steps before them in view, with only the result masked, and with its copies masked too (item 22).
+--arith_restate=false writes each Arith result once ("5-2=3\n+6=9"): the default traces start each
+line with the result above it, a copy that masked training can fill without computing anything; with
+the drills, traces without it taught the Arith steps (items 22-23).
 
 This file builds the examples and the batches; the loop is pretraining's (pretrain.denoising_loop),
 which SFT shares: the two stages differ only in their batches.
@@ -49,7 +52,7 @@ from common import ConfigError, FinetuneConfig, autocast, check_choice, check_ra
 from data_d1 import s1k_examples
 from distributed import check_split, is_main
 from pretrain import add_drill_rows, denoising_loop
-from tasks_tiny import BACKTRACK, get_tiny_tasks
+from tasks_tiny import BACKTRACK, TinyArith, get_tiny_tasks
 from tokenizer import EOT
 
 
@@ -91,6 +94,7 @@ class SFTConfig(FinetuneConfig):
     long_rows: str = "error"  # a row longer than seq_len: error, cut (keep its first seq_len tokens) or drop
     trace_drills: float = 0.0  # share of each batch's SFT rows cut at a random step, the rest masked; 0 = none
     drill_share: float = 0.0  # share of each batch's rows that pack arithmetic drills, as pretraining's; 0 = none
+    arith_restate: bool = True  # Arith traces start each line with the result above ("3+4=7\n7-2=5"); False: once
 
     PRESETS: ClassVar[dict] = {"d1": d1_sft_preset}
 
@@ -105,6 +109,13 @@ class SFTConfig(FinetuneConfig):
         if round(self.drill_share * self.batch_size) >= self.batch_size:
             raise ConfigError(f"--drill_share={self.drill_share} leaves none of the {self.batch_size} rows per "
                               f"step (--batch_size) for SFT's own examples")
+
+
+def sft_tasks(cfg: SFTConfig) -> list:
+    """The tiny tasks of --tasks, Arith's traces in the form --arith_restate asks for (README, "Moving
+    the table", item 23: without the restated copy, and with the drills, the model learns the steps)."""
+    tasks = get_tiny_tasks(cfg.tasks)
+    return [TinyArith(restate=False) if task.name == "arith" and not cfg.arith_restate else task for task in tasks]
 
 
 def sft_examples(tasks, n_per_task, seed, backtrack=BACKTRACK):
@@ -281,7 +292,7 @@ def train_sft(cfg: SFTConfig):
             raise ConfigError(f"--holdout={cfg.holdout}: {cfg.data} has only {len(examples)} rows")
         examples = examples[:len(examples) - cfg.holdout]
     else:
-        examples = sft_examples(get_tiny_tasks(cfg.tasks), cfg.n_per_task, cfg.seed, cfg.backtrack)
+        examples = sft_examples(sft_tasks(cfg), cfg.n_per_task, cfg.seed, cfg.backtrack)
     ids, prompt_lengths = encode_dataset(tok, examples, cfg.seq_len, cfg.long_rows)  # (N, T), (N,)
     model = init_model(cfg, device, tok, "sft")
     if cfg.seq_len > model.config.max_sequence_length:
@@ -292,7 +303,7 @@ def train_sft(cfg: SFTConfig):
     batch_at = lambda step: sft_step_batch(step, cfg, tok, ids, prompt_lengths, step_ends)  # noqa: E731
     model = denoising_loop(cfg, "sft", model, tok, device, batch_at)
     if not cfg.data:  # how many step results the traces taught (README, "Moving the table", 9)
-        for task in get_tiny_tasks(cfg.tasks):  # on every process: a sharded (--fsdp) forward needs them all
+        for task in sft_tasks(cfg):  # on every process: a sharded (--fsdp) forward needs them all
             before, result, copies = (step_accuracy(model, tok, task, device, cfg.dtype, seq_len=cfg.seq_len,
                                                     view=v) for v in STEP_VIEWS)
             if before is not None and is_main():

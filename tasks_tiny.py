@@ -116,6 +116,11 @@ class TinyTask(Task):
         share = self.backtrack if backtrack is None else backtrack
         return _respond(*self._solve(ex, rng, rng.random() < share))
 
+    def _pretrain_response(self, ex: Example, rng: random.Random) -> str:
+        """The reasoning chats of the pretraining corpus: the SFT trace without backtracking, unless
+        the task's base reads an earlier trace (Arith)."""
+        return self.sft_response(ex, rng, backtrack=0.0)
+
     def direct_response(self, ex: Example) -> str:
         """The short answer of the pretraining corpus: empty reasoning, the answer in tags."""
         return _respond("", self._solve(ex, random.Random(ex.key), False)[1])
@@ -141,7 +146,7 @@ class TinyTask(Task):
             elif kind == "plain":
                 yield self._plain(ex, rng)
             elif chat_reasoning and rng.random() < chat_reasoning:
-                yield chat_prompt(ex.prompt) + self.sft_response(ex, rng, backtrack=0.0) + EOT + EOS
+                yield chat_prompt(ex.prompt) + self._pretrain_response(ex, rng) + EOT + EOS
             else:
                 yield chat_prompt(ex.prompt) + self.direct_response(ex) + EOT + EOS
 
@@ -165,14 +170,15 @@ class TinyArith(TinyTask):
         ex.prompt   # e.g. "Ann has 3 pens, buys 4, loses 2. How many?"   ex.answer == 5
         task.sft_response(ex, random.Random(0))
         # "<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>"; with backtracking, a line such
-        # as "3+4=8? 8-4=4 no" comes before the right one
+        # as "3+4=8? 8-4=4 no" comes before the right one; TinyArith(restate=False): "3+4=7\n-2=5"
         task.rewards("<reasoning>3+4=7\n7-2=5</reasoning>\n<answer>5</answer>", ex)
         # {'correct': 2.0, 'format': 0.5}: GSM8K's exact-answer 2.0 and a 0.5 format reward
 
     Every amount is one digit and every step reads "<verb> <digit>" (a name, an item and a verb are
     one token each), so each number sits at a fixed distance from where the answer uses it: a tiny
     model learns to copy by position far sooner than to look a number up by its content.
-    Knobs: steps (fewest, most), max_start, max_operand, max_value (every amount stays in 0..max_value).
+    Knobs: steps (fewest, most), max_start, max_operand, max_value (every amount stays in 0..max_value);
+    restate, whether each line of a trace starts with the result above it (see _solve).
     """
     name = "arith"
     NAMES = ("Ann", "Bo", "Cy", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lea", "Max",
@@ -181,10 +187,11 @@ class TinyArith(TinyTask):
     PHRASES = {"+": ("buys {}", "gets {}", "finds {}", "wins {}"),
                "-": ("loses {}", "sells {}", "gives {}", "uses {}")}
 
-    def __init__(self, steps=(2, 3), max_start=9, max_operand=9, max_value=9, n_train=5_000, **kw):
+    def __init__(self, steps=(2, 3), max_start=9, max_operand=9, max_value=9, restate=True, n_train=5_000,
+                 **kw):
         super().__init__(n_train=n_train, **kw)
         self.steps, self.max_start = steps, max_start
-        self.max_operand, self.max_value = max_operand, max_value
+        self.max_operand, self.max_value, self.restate = max_operand, max_value, restate
 
     def _moves(self, value):
         """The (op, operand) steps that keep the amount within 0..max_value."""
@@ -214,16 +221,31 @@ class TinyArith(TinyTask):
             value = out[-1][3]
         return out
 
-    def _solve(self, ex, rng, backtrack):
+    def _solve(self, ex, rng, backtrack, restate=None):
+        """The trace "3+4=7\n7-2=5", each line starting with the result above it; restate=False
+        writes each result once: "3+4=7\n-2=5". A result written twice is one that masked training
+        can fill by copying instead of computing: SFT on restated traces taught copying, and the
+        traces without the copy, with drills, taught the steps (README, "Moving the table", items
+        22-23)."""
+        restate = self.restate if restate is None else restate
+
+        def line(i, v, op, b, r):
+            return f"{v}{op}{b}={r}" if restate or i == 0 else f"{op}{b}={r}"
+
         steps = self._lines(ex)
-        lines = [f"{v}{op}{b}={r}" for v, op, b, r in steps]
+        lines = [line(i, *step) for i, step in enumerate(steps)]
         if backtrack:  # a slip, caught by undoing the step: "3+4=8? 8-4=4 no"
             i = rng.randrange(len(lines))
             v, op, b, r = steps[i]
             wrong = r + rng.choice((-1, 1)) if r > 0 else r + 1
             undo = f"{wrong}-{b}={wrong - b}" if op == "+" else f"{wrong}+{b}={wrong + b}"
-            lines.insert(i, f"{v}{op}{b}={wrong}? {undo} no")
+            lines.insert(i, f"{line(i, v, op, b, wrong)}? {undo} no")
         return "\n".join(lines), ex.answer
+
+    def _pretrain_response(self, ex, rng):
+        """Restated traces, whatever `restate` says: the shipped base's corpus stays the same."""
+        rng.random()  # the draw sft_response makes to decide on backtracking
+        return _respond(*self._solve(ex, rng, False, restate=True))
 
     def _plain(self, ex, rng):
         work = ", ".join(f"{v}{op}{b}={r}" for v, op, b, r in self._lines(ex))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import sft
 from diffusion import EPS, diffusion_loss
-from tasks_tiny import TINY_TASKS
+from tasks_tiny import TINY_TASKS, TinyArith
 from tokenizer import Tokenizer
 
 
@@ -65,6 +65,19 @@ def test_sft_examples_use_each_tasks_traces():
         ex = next(e for e in task.examples("train", 5) if e.prompt == question)
         assert task.correct(response, ex) == 1.0 and task.format_ok(response)
     assert examples == sft.sft_examples(list(TINY_TASKS.values()), 5, seed=1)
+
+
+def test_arith_restate_false_writes_each_arith_result_once_and_leaves_the_other_tasks():
+    restated = sft.sft_examples(sft.sft_tasks(sft.SFTConfig()), 20, seed=0)
+    once = sft.sft_examples(sft.sft_tasks(sft.SFTConfig(arith_restate=False)), 20, seed=0)
+    assert restated[:40] == once[:40]  # Countdown and Sudoku unchanged
+    for (question, old), (same_question, new) in zip(restated[40:], once[40:]):
+        assert question == same_question and old != new and len(new) < len(old)
+        old_lines, new_lines = old.split("\n"), new.split("\n")
+        # "3+4=7\n7-2=5" -> "3+4=7\n-2=5": each line after the first loses the result it restated
+        for old_line, new_line in zip(old_lines[1:-1], new_lines[1:-1]):
+            assert old_line.endswith(new_line) and new_line[0] in "+-"
+    assert [t.name for t in sft.sft_tasks(sft.SFTConfig(tasks="arith", arith_restate=False))] == ["arith"]
 
 
 def test_backtrack_share_sets_how_many_traces_try_check_and_retry():
@@ -131,6 +144,11 @@ def test_a_step_batch_has_sft_rows_then_trace_drills_then_fact_drills():
     assert plain[2] is None and torch.equal(plain[0], sft.sft_batch(3, 8, ids, P, cfg.seed)[0])
 
 
+# Arith with the pretraining corpus's traces, each line starting with the result above it: every step
+# reads "a+b=", as ArithOracle needs, and each result has copies for the "copies" view to hide.
+RESTATED_ARITH = TinyArith(restate=True)
+
+
 class ArithOracle(torch.nn.Module):
     """A stand-in model that reads "a+b=" or "a-b=" just before each position and puts all its
     weight on the right digit there if it and the rest of the row are masked (else on EOS): right
@@ -159,7 +177,7 @@ class ArithOracle(torch.nn.Module):
 
 def test_step_accuracy_reads_each_result_with_the_steps_before_it_in_view():
     tok = Tokenizer.tiny()
-    arith, sudoku = TINY_TASKS["arith"], TINY_TASKS["sudoku"]
+    arith, sudoku = RESTATED_ARITH, TINY_TASKS["sudoku"]
     assert sft.step_accuracy(ArithOracle(tok), tok, arith, torch.device("cpu"), "float32", n=20) == 1.0
     assert sft.step_accuracy(ArithOracle(tok, slip=1), tok, arith, torch.device("cpu"), "float32", n=20) == 0.0
     assert sft.step_accuracy(ArithOracle(tok), tok, sudoku, torch.device("cpu"), "float32", n=5) is None
@@ -167,7 +185,7 @@ def test_step_accuracy_reads_each_result_with_the_steps_before_it_in_view():
 
 def test_step_probe_copies_view_hides_the_result_where_the_trace_writes_it_again():
     tok = Tokenizer.tiny()
-    arith = TINY_TASKS["arith"]
+    arith = RESTATED_ARITH
     ex = next(e for e in arith.examples("test", 50) if len(e.steps) == 3)
     ids, P = sft.encode_example(tok, arith.rl_prompt(ex), arith.sft_response(ex, random.Random(0), 0.0), 160)
     results = [j for j in range(P + 1, len(ids)) if tok.decode([ids[j - 1]]).endswith("=")]
@@ -190,7 +208,7 @@ def test_step_probe_copies_view_hides_the_result_where_the_trace_writes_it_again
 
 def test_step_accuracy_copies_view_tells_a_model_that_computes_from_one_that_needs_the_rest_hidden():
     tok = Tokenizer.tiny()
-    arith, cpu = TINY_TASKS["arith"], torch.device("cpu")
+    arith, cpu = RESTATED_ARITH, torch.device("cpu")
     for view in sft.STEP_VIEWS:
         assert sft.step_accuracy(ArithOracle(tok, anywhere=True), tok, arith, cpu, "float32", n=20, view=view) == 1.0
     for view in ("result", "copies"):

@@ -30,9 +30,12 @@ def _digest(obj) -> str:
 # a change here changes every pretraining batch, SFT row and RL question. Sudoku's SFT, RL and test
 # puzzles have had 8-12 blanks and traces of three lines at most since (README, "Moving the table",
 # item 12); its pretraining texts kept their 4-8 blanks and a line per round, so "pretrain" holds.
+# TinyArith(restate=False), item 23, writes each result once in its SFT traces ("arith once"); the
+# pretraining corpus keeps the restated ones whatever the knob says ("pretrain reasoning").
 FIRST_PRETRAIN_TEXTS = ["1342\n4213\n2431\n3124", "8*1=8", "Sudoku: 2130401210203240\n2134431214233241"]
-DIGESTS = {"pretrain": "978019e0be980df9", "countdown": "d4693421ab5c1210", "sudoku": "b55756b4167a80ba",
-           "arith": "13fd6af75fa36e82", "grids": "8216d19513a4a3f6"}
+DIGESTS = {"pretrain": "978019e0be980df9", "pretrain reasoning": "b1fbe7c43e0f979c", "countdown": "d4693421ab5c1210",
+           "sudoku": "b55756b4167a80ba", "arith": "13fd6af75fa36e82", "arith once": "620eb8f5006c0cfb",
+           "grids": "8216d19513a4a3f6"}
 
 
 def test_generators_reproduce_the_original_data():
@@ -48,14 +51,17 @@ def test_generators_reproduce_the_original_data():
     first_traces = {  # the first two SFT traces of each task, rng = random.Random(0), backtrack 0.3
         "arith": ["<reasoning>5-2=3\n3+6=9</reasoning>\n<answer>9</answer>",
                   "<reasoning>9-3=6\n6-6=0</reasoning>\n<answer>0</answer>"],
+        "arith once": ["<reasoning>5-2=3\n+6=9</reasoning>\n<answer>9</answer>",
+                       "<reasoning>9-3=6\n-6=0</reasoning>\n<answer>0</answer>"],
         "countdown": ["<reasoning>5*3=15, 15-8=7 yes</reasoning>\n<answer>5*3-8</answer>",
                       "<reasoning>9+3=12, 12+6=18 no\n6-3=3, 9/3=3 yes</reasoning>\n<answer>9/(6-3)</answer>"],
         "sudoku": ["<reasoning>4312210034201243\n4312213434211243</reasoning>\n<answer>4312213434211243</answer>",
                    "<reasoning>0020201430000132\n0023231430414132\n1423231432414132</reasoning>\n"
                    "<answer>1423231432414132</answer>"]}
     digests = {"pretrain": _digest(list(itertools.islice(pretrain_corpus(seed=0), 2000))),
+               "pretrain reasoning": _digest(list(itertools.islice(pretrain_corpus(seed=0, chat_reasoning=0.5), 2000))),
                "grids": _digest(sudoku_grids())}
-    for name, task in TINY_TASKS.items():
+    for name, task in {**TINY_TASKS, "arith once": TinyArith(restate=False)}.items():
         train, test = task.examples("train", 500), task.examples("test", 100)
         rng = random.Random(0)
         traces = [task.sft_response(ex, rng, backtrack=0.3) for ex in train]  # pinned with the old default
@@ -126,6 +132,29 @@ def test_sudoku_traces_write_the_first_rounds_then_the_solution(trace_lines):
         assert rounds[0].count("0") < ex.puzzle.count("0")
         capped += len(rounds) > trace_lines
     assert capped > 20  # 3-5 rounds are common at 8-12 blanks: the cap is exercised
+
+
+def test_arith_traces_without_restating_write_each_result_once_and_the_corpus_keeps_the_restated_ones():
+    task, restated = TinyArith(restate=False), TinyArith()
+
+    def reasoning(task, ex, seed, backtrack):
+        return task.sft_response(ex, random.Random(seed), backtrack).split("</reasoning>")[0][len("<reasoning>"):].split("\n")
+
+    for ex in task.examples("train", 200):
+        lines, old, steps = reasoning(task, ex, 0, 0.0), reasoning(restated, ex, 0, 0.0), task._lines(ex)
+        assert lines[0] == old[0] == "{}{}{}={}".format(*steps[0])
+        for line, old_line, (value, op, b, result) in zip(lines[1:], old[1:], steps[1:]):
+            assert line == f"{op}{b}={result}" and old_line == f"{value}{line}"  # the result above, once
+        # backtracking keeps the form: a wrong try of one line, in that line's form, then the clean trace
+        slipped = reasoning(task, ex, 1, 1.0)
+        [wrong] = [i for i, line in enumerate(slipped) if line.endswith(" no")]
+        assert slipped[:wrong] + slipped[wrong + 1:] == lines
+        assert slipped[wrong].split("=")[0] == slipped[wrong + 1].split("=")[0]
+    # the pretraining corpus's reasoning chats keep the restated traces the shipped base read
+    rng = random.Random(5)
+    chat = next(t for t in task.pretrain_texts(rng, chat_reasoning=1.0) if "<reasoning>" in t and "\n" in t.split("<reasoning>")[1])
+    reasoning = chat.split("<reasoning>")[1].split("</reasoning>")[0].split("\n")
+    assert all(line[0].isdigit() for line in reasoning)
 
 
 # ----------------------------------------------------------------------------- rewards
