@@ -153,8 +153,8 @@ def test_arith_traces_without_restating_write_each_result_once_and_the_corpus_ke
     # the pretraining corpus's reasoning chats keep the restated traces the shipped base read
     rng = random.Random(5)
     chat = next(t for t in task.pretrain_texts(rng, chat_reasoning=1.0) if "<reasoning>" in t and "\n" in t.split("<reasoning>")[1])
-    reasoning = chat.split("<reasoning>")[1].split("</reasoning>")[0].split("\n")
-    assert all(line[0].isdigit() for line in reasoning)
+    chat_lines = chat.split("<reasoning>")[1].split("</reasoning>")[0].split("\n")
+    assert all(line[0].isdigit() for line in chat_lines)
 
 
 # ----------------------------------------------------------------------------- rewards
