@@ -29,12 +29,16 @@ scored at full noise):
 so each step's result is learned with its question and the steps before it in view, as the
 semi-autoregressive sampler writes it. Under random masking a result is almost never seen that
 way (README, "Moving the table", items 2 and 9). --drill_share=0.25 adds pretraining's packed
-arithmetic drills as a quarter of each batch's rows. Both are off by default (item 9 has what
-they did); step_accuracy, printed at the end of a run, measures the step results a model gets right,
-with the steps before them in view, with only the result masked, and with its copies masked too (item 22).
---arith_restate=false writes each Arith result once ("5-2=3\n+6=9"): the default traces start each
-line with the result above it, a copy that masked training can fill without computing anything; with
-the drills, traces without it taught the Arith steps (items 22-23).
+arithmetic drills as a quarter of each batch's rows. step_accuracy, printed at the end of a run,
+measures the step results a model gets right, with the steps before them in view, with only the
+result masked, and with its copies masked too (item 22). Arith's traces write each result once
+("5-2=3\n+6=9"); --arith_restate=true starts each line with the result above it, as the pretraining
+corpus does: a copy that masked training can fill without computing anything (items 22-23).
+
+The defaults are the shipped tiny-sft.pt's recipe (item 24): both drills at a quarter, each Arith
+result once, 4,500 steps (three times item 23's 1,500, so the three tasks' traces get as many passes
+as Arith alone needed to learn its steps). --trace_drills=0 --drill_share=0 --arith_restate=true
+--steps=1500 is the recipe of the checkpoints before it.
 
 This file builds the examples and the batches; the loop is pretraining's (pretrain.denoising_loop),
 which SFT shares: the two stages differ only in their batches.
@@ -74,6 +78,7 @@ def d1_sft_preset(given):
         "holdout": 10,  # d1 trains on 990 of s1K's 1,000 rows
         "checkpointing": True,  # needed on one GPU at 4,096 tokens (memory.py)
         "sample_every": 0,  # the tiny samples are not LLaDA-8B's kind of question
+        "trace_drills": 0.0, "drill_share": 0.0,  # the tiny recipe's drills: d1 trains on s1K's rows alone
     }
 
 
@@ -82,7 +87,7 @@ class SFTConfig(FinetuneConfig):
     """d1's masked SFT on ~1,000 tiny-task reasoning traces (s1K has 1,000 questions)."""
 
     out_dir: str = "out/sft"  # ckpt.pt and metrics.jsonl go here
-    steps: int = 1500  # tiny: 24 epochs of 1,000 examples at batch 16 (d1: 20 epochs of s1K, 2,460 steps)
+    steps: int = 4500  # tiny: 54 epochs of ~1,000 examples at 12 SFT rows a step (d1: 20 epochs of s1K, 2,460 steps)
     batch_size: int = 16  # rows per step (d1: effective batch 8, on 4k-token rows)
     lr: float = 5e-4  # tiny, full fine-tuning (d1: 1e-5 with LoRA on 8B)
     n_per_task: int = 334  # ~1,000 examples in all, like s1K
@@ -92,9 +97,9 @@ class SFTConfig(FinetuneConfig):
     ckpt_every: int = 500  # write out_dir/ckpt.pt every N steps (and at the end)
     holdout: int = 0  # --data: leave out the last N rows (d1 holds out 10 of s1K's 1,000)
     long_rows: str = "error"  # a row longer than seq_len: error, cut (keep its first seq_len tokens) or drop
-    trace_drills: float = 0.0  # share of each batch's SFT rows cut at a random step, the rest masked; 0 = none
-    drill_share: float = 0.0  # share of each batch's rows that pack arithmetic drills, as pretraining's; 0 = none
-    arith_restate: bool = True  # Arith traces start each line with the result above ("3+4=7\n7-2=5"); False: once
+    trace_drills: float = 0.25  # share of each batch's SFT rows cut at a random step, the rest masked; 0 = none
+    drill_share: float = 0.25  # share of each batch's rows that pack arithmetic drills, as pretraining's; 0 = none
+    arith_restate: bool = False  # True: Arith traces start each line with the result above ("3+4=7\n7-2=5")
 
     PRESETS: ClassVar[dict] = {"d1": d1_sft_preset}
 

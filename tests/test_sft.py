@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common
 import sft
 from diffusion import EPS, diffusion_loss
 from tasks_tiny import TINY_TASKS, TinyArith
@@ -68,7 +69,7 @@ def test_sft_examples_use_each_tasks_traces():
 
 
 def test_arith_restate_false_writes_each_arith_result_once_and_leaves_the_other_tasks():
-    restated = sft.sft_examples(sft.sft_tasks(sft.SFTConfig()), 20, seed=0)
+    restated = sft.sft_examples(sft.sft_tasks(sft.SFTConfig(arith_restate=True)), 20, seed=0)
     once = sft.sft_examples(sft.sft_tasks(sft.SFTConfig(arith_restate=False)), 20, seed=0)
     assert restated[:40] == once[:40]  # Countdown and Sudoku unchanged
     for (question, old), (same_question, new) in zip(restated[40:], once[40:]):
@@ -120,7 +121,6 @@ def test_trace_drills_cut_each_drill_row_at_a_step_and_mask_the_rest():
 
 
 def test_drill_shares_are_checked():
-    import common
     with pytest.raises(common.ConfigError, match="trace_drills"):
         sft.SFTConfig(trace_drills=1.5)
     with pytest.raises(common.ConfigError, match="drill_share=1"):
@@ -140,8 +140,27 @@ def test_a_step_batch_has_sft_rows_then_trace_drills_then_fact_drills():
     assert (lengths[6:] == 0).all() and "=" in tok.decode(x0[6].tolist())
     again = sft.sft_step_batch(3, cfg, tok, ids, P, sft.step_end_tokens(tok))
     assert all(torch.equal(a, b) for a, b in zip((x0, lengths, answers), again))
-    plain = sft.sft_step_batch(3, sft.SFTConfig(batch_size=8), tok, ids, P)
+    plain = sft.sft_step_batch(3, sft.SFTConfig(batch_size=8, trace_drills=0, drill_share=0), tok, ids, P)
     assert plain[2] is None and torch.equal(plain[0], sft.sft_batch(3, 8, ids, P, cfg.seed)[0])
+
+
+
+def test_the_default_recipe_drills_and_writes_arith_once_and_the_d1_preset_trains_on_s1k_alone():
+    """The defaults are the shipped tiny-sft.pt's recipe (README, "Moving the table", items 24-25): a
+    default batch of 16 holds 12 SFT rows, 3 of them cut at a step, then 4 rows of fact drills; Arith's
+    traces write each result once. --preset=d1 turns both drills off."""
+    cfg = sft.SFTConfig()
+    tok = Tokenizer.tiny()
+    examples = sft.sft_examples(sft.sft_tasks(cfg), 4, seed=0)
+    ids, P = sft.encode_dataset(tok, examples, cfg.seq_len)
+    x0, lengths, answers = sft.sft_step_batch(0, cfg, tok, ids, P, sft.step_end_tokens(tok))
+    assert x0.shape[0] == 16 and (lengths[12:] == 0).all() and (lengths[:12] > 0).all()
+    assert not answers[:9].any() and answers[9:].any(dim=1).all()  # 9 plain SFT rows, 3 cut, 4 drill rows
+    for question, response in examples[-4:]:  # Arith's: "5-2=3\n+6=9", no line restates the result above
+        later_lines = response.split("</reasoning>")[0].split("\n")[1:]
+        assert later_lines and all(line[0] in "+-" for line in later_lines)
+    d1 = common.apply_preset(sft.SFTConfig, {"preset": "d1"})  # the keys --preset=d1 fills in
+    assert d1["trace_drills"] == 0 and d1["drill_share"] == 0
 
 
 # Arith with the pretraining corpus's traces, each line starting with the result above it: every step
