@@ -4,6 +4,7 @@ Exercise 06 (~15 min): the same loss with a prompt: d1's masked SFT.
 Replaces diffusion.diffusion_loss (pretraining and SFT both call it). Fill it in, then:
     python -m exercises check 06
     python -m exercises run 06 --stage sft --steps=100   # d1's SFT with YOUR loss
+(`run` turns SFT's drill rows off, --trace_drills=0 --drill_share=0: they need `answers`, below.)
 """
 
 import torch
@@ -41,7 +42,8 @@ def diffusion_loss(model, x0, prompt_lengths, mask_id, generator=None, rows=None
     is_masked, is_prompt, p and prompt_lengths before the model runs, and return the sum of those
     rows' values divided by the whole batch's B (rows=None: all rows, i.e. the mean over rows), so
     the parts of a batch add up to its loss.
-    answers: not part of this exercise (always None in its checks): pretraining's optional drill
-    rows (pretrain.py, --drill_share), which the project's diffusion_loss scores at full noise.
+    answers: not part of this exercise (always None in its checks): the drill rows of pretraining
+    (--drill_share) and SFT (--trace_drills, --drill_share), which the project's diffusion_loss
+    scores at full noise.
     """
     raise NotImplementedError("exercise 06: write diffusion_loss (with prompts)")

@@ -22,7 +22,7 @@ teaches, its check, and the train.py stages its code can be plugged into (`run`)
 """
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Callable
@@ -47,7 +47,7 @@ class Exercise:
     check: Callable  # check(namespace of the student's names); raises Fail or NotDone
     stages: tuple = ()  # train.py stages `python -m exercises run` can plug it into
     also: tuple = ()  # more project names the same code replaces when plugged in
-    run_defaults: tuple = ()  # train.py keys `run` adds when absent (LoRA needs --lora_r > 0)
+    run_defaults: dict = field(default_factory=dict)  # {stage: train.py keys `run` adds when absent}
 
     @property
     def path(self):
@@ -82,7 +82,8 @@ EXERCISES = (
              "the 1/p-weighted masked CE over ALL B*T slots: an ELBO estimate", check_pretrain_loss),
     Exercise(6, "sft_loss", ("diffusion.diffusion_loss",), 15,
              "d1's masked SFT: clean prompt, scored EOS padding, per-answer-length normalisation",
-             check_sft_loss, ("pretrain", "sft")),
+             check_sft_loss, ("pretrain", "sft"),
+             run_defaults={"sft": ("--trace_drills=0", "--drill_share=0")}),  # drill rows need `answers`
     Exercise(7, "commit_plan", ("diffusion.commit_plan",), 10,
              "how many tokens each sampler step commits", check_commit_plan, ALL),
     Exercise(8, "top_k", ("diffusion._top_k_per_row",), 15,
@@ -97,7 +98,7 @@ EXERCISES = (
              "the clipped surrogate plus beta * k3 KL, pooled over tokens (line 9)", check_grpo_loss, ("grpo",)),
     Exercise(13, "lora", ("lora.LoRALinear",), 20,
              "a low-rank update that starts at zero, switches off, and merges", check_lora, ("sft", "grpo"),
-             run_defaults=("--lora_r=8",)),
+             run_defaults={"sft": ("--lora_r=8",), "grpo": ("--lora_r=8",)}),  # LoRA needs --lora_r > 0
     Exercise(14, "countdown", ("scoring.safe_eval", "scoring.countdown_correct"), 40,
              "scoring untrusted model output without eval: a small parser with bounds", check_countdown, ("grpo",)),
 )

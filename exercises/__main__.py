@@ -85,7 +85,8 @@ def run_command(args):
     exercise = get(args[0])
     stage = args[1].split("=", 1)[1] if "=" in args[1] else (args[2] if len(args) > 2 else "")
     rest = args[2:] if "=" in args[1] else args[3:]
-    rest += [key for key in exercise.run_defaults if not any(a.startswith(key.split("=")[0]) for a in rest)]
+    given = [a.split("=")[0] for a in rest]
+    rest += [key for key in exercise.run_defaults.get(stage, ()) if key.split("=")[0] not in given]
     if not exercise.stages:
         raise SystemExit(f"{exercise.label} does not plug into training: the top of exercises/{exercise.path.name} "
                          "says why")

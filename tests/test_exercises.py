@@ -348,6 +348,21 @@ def test_command_line_exit_codes(capsys):
         main(["run", "05", "--stage=pretrain"])
 
 
+
+def test_run_adds_the_keys_an_exercise_needs_for_its_stage_unless_given(monkeypatch, capsys):
+    """Exercise 06's loss leaves out SFT's drill rows, so `run 06 --stage sft` turns them off; exercise 13's
+    LoRA needs --lora_r > 0. A key the student gives wins; other stages get nothing added."""
+    import train
+    argvs = []
+    monkeypatch.setattr(train, "main", argvs.append)
+    for args in (["06", "--stage", "sft", "--steps=1"], ["06", "--stage=pretrain", "--steps=1"],
+                 ["13", "--stage", "grpo", "--lora_r=4"], ["13", "--stage", "sft"]):
+        assert main(["run", "--force", *args]) == 0  # --force: the stubs fail their checks
+    assert argvs == [["--stage", "sft", "--steps=1", "--trace_drills=0", "--drill_share=0"],
+                     ["--stage", "pretrain", "--steps=1"],
+                     ["--stage", "grpo", "--lora_r=4"],
+                     ["--stage", "sft", "--lora_r=8"]]
+
 def test_plugged_in_code_is_what_training_calls(tmp_path):
     """exercise 06's diffusion_loss is imported by name into pretrain.py: plug() must replace it there."""
     import train
