@@ -35,10 +35,9 @@ result masked, and with its copies masked too (item 22). Arith's traces write ea
 ("5-2=3\n+6=9"); --arith_restate=true starts each line with the result above it, as the pretraining
 corpus does: a copy that masked training can fill without computing anything (items 22-23).
 
-The defaults are the shipped tiny-sft.pt's recipe (item 24): both drills at a quarter, each Arith
-result once, 4,500 steps (three times item 23's 1,500, so the three tasks' traces get as many passes
-as Arith alone needed to learn its steps). --trace_drills=0 --drill_share=0 --arith_restate=true
---steps=1500 is the recipe of the checkpoints before it.
+The defaults make the shipped tiny-sft.pt (README, "Moving the table", items 24-25): both drills
+at a quarter, each Arith result once, and 4,500 steps, so that each of the three tasks' traces gets
+as many passes as Arith alone needed to learn its steps.
 
 This file builds the examples and the batches; the loop is pretraining's (pretrain.denoising_loop),
 which SFT shares: the two stages differ only in their batches.

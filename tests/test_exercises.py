@@ -348,8 +348,7 @@ def test_command_line_exit_codes(capsys):
         main(["run", "05", "--stage=pretrain"])
 
 
-
-def test_run_adds_the_keys_an_exercise_needs_for_its_stage_unless_given(monkeypatch, capsys):
+def test_run_adds_the_keys_an_exercise_needs_for_its_stage_unless_given(monkeypatch):
     """Exercise 06's loss leaves out SFT's drill rows, so `run 06 --stage sft` turns them off; exercise 13's
     LoRA needs --lora_r > 0. A key the student gives wins; other stages get nothing added."""
     import train
